@@ -1,0 +1,105 @@
+"""ResNet and DiDiRN: shapes, parameter counts of the reference layouts, the conditioning contract."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from didiff_jax.models import create_model, resnet
+
+NAMES = [f"{kind}{d}" for kind in ("resnet", "didirn") for d in (18, 34, 50, 101, 152)]
+
+# SPEC 1.4 at K = 1000 with default widths (torchvision for the ResNets).
+PARAMS_M = {
+    "didirn18": 12.111, "didirn34": 22.462, "didirn50": 27.705, "didirn101": 48.978,
+    "didirn152": 66.634, "resnet18": 11.690, "resnet34": 21.798, "resnet50": 25.557,
+    "resnet101": 44.549, "resnet152": 60.193,
+}  # fmt: skip
+
+
+def num_params(model) -> int:
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parameter_counts_at_imagenet_size(name):
+    abstract = nnx.eval_shape(lambda: create_model(name, num_classes=1000, rngs=nnx.Rngs(0)))
+    assert num_params(abstract) / 1e6 == pytest.approx(PARAMS_M[name], rel=1e-3)
+
+
+def call(model, images, train=False):
+    B = images.shape[0]
+    if isinstance(model, resnet.DiDiRN):
+        return model(images, jnp.arange(B) % 10, jnp.linspace(0.01, 6.9, B), train=train)
+    return model(images, train=train)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_shapes_and_dtypes(name, dtype):
+    """Every depth, traced only (jax.eval_shape): logits are float32 at any compute dtype."""
+    abstract = nnx.eval_shape(
+        lambda: create_model(
+            name, num_classes=10, rngs=nnx.Rngs(0), width=8, stem="small", dtype=dtype
+        )
+    )
+    graphdef, state = nnx.split(abstract)
+    out = jax.eval_shape(
+        lambda s, x: call(nnx.merge(graphdef, s), x), state, jnp.ones((2, 16, 16, 3))
+    )
+    assert out.shape == (2, 10) and out.dtype == np.float32
+    # Parameters stay float32 under bfloat16 compute.
+    assert {x.dtype for x in jax.tree.leaves(nnx.state(abstract, nnx.Param))} == {
+        np.dtype("float32")
+    }
+
+
+@pytest.mark.parametrize("name", ["didirn18", "resnet50"])
+def test_bfloat16_close_to_float32(name):
+    images = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+    outs = []
+    for dtype in (jnp.float32, jnp.bfloat16):
+        model = create_model(
+            name, num_classes=10, rngs=nnx.Rngs(0), width=8, stem="small", dtype=dtype
+        )
+        outs.append(np.asarray(call(model, images)))
+    assert np.all(np.isfinite(outs[1]))
+    np.testing.assert_allclose(outs[1], outs[0], atol=0.1 * max(1.0, np.abs(outs[0]).max()))
+
+
+@pytest.mark.parametrize("stem,size", [("reference", 8), ("imagenet", 4), ("small", 16)])
+def test_stems(stem, size):
+    model = create_model("resnet18", num_classes=10, rngs=nnx.Rngs(0), width=8, stem=stem)
+    x = model.stem(jnp.ones((1, 16, 16, 3)), train=False)
+    assert x.shape == (1, size, size, 8)
+
+
+def test_didirn_conditioning_contract():
+    model = create_model("didirn18", num_classes=10, rngs=nnx.Rngs(1), width=16, stem="small")
+    images = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
+    x_t, sigma = jnp.array([0, 4, 9]), jnp.array([0.1, 1.0, 5.0])
+    out = model(images, x_t, sigma, train=False)
+    np.testing.assert_array_equal(np.asarray(out[jnp.arange(3), x_t]), 0.0)
+    raw = model.logits(images, x_t, sigma, train=False)
+    assert np.all(np.asarray(raw[jnp.arange(3), x_t]) != 0.0)
+    other_label = model.logits(images, (x_t + 1) % 10, sigma, train=False)
+    other_sigma = model.logits(images, x_t, sigma * 2.0, train=False)
+    assert float(jnp.max(jnp.abs(other_label - raw))) > 1e-3
+    assert float(jnp.max(jnp.abs(other_sigma - raw))) > 1e-3
+
+
+def test_train_mode_updates_batch_stats():
+    model = create_model("didirn18", num_classes=10, rngs=nnx.Rngs(0), width=8, stem="small")
+    before = np.asarray(model.stem.bn1.mean[...]).copy()
+    call(model, jax.random.normal(jax.random.key(0), (4, 16, 16, 3)) + 3.0, train=True)
+    assert not np.allclose(np.asarray(model.stem.bn1.mean[...]), before)
+
+
+def test_bad_names_and_options():
+    with pytest.raises(ValueError, match="didirn50"):
+        create_model("didirn05", num_classes=10, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="Did you mean 'width'"):
+        create_model("didirn18", num_classes=10, rngs=nnx.Rngs(0), widht=8)
+    with pytest.raises(ValueError, match="stem"):
+        create_model("resnet18", num_classes=10, rngs=nnx.Rngs(0), stem="cifar")
