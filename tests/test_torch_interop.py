@@ -1,0 +1,129 @@
+"""Official PyTorch DiDiRN and timm ResNet weights reproduce the reference outputs (fixtures)."""
+
+import json
+import pathlib
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from didiff_jax.models import create_model
+from didiff_jax.models.torch_interop import (
+    StateDictMismatch,
+    export_torch_state_dict,
+    load_torch_weights,
+)
+
+FIXTURES = np.load(pathlib.Path(__file__).parent / "fixtures" / "reference_networks.npz")
+META = json.loads(bytes(FIXTURES["state_dicts_json"]).decode("utf-8"))
+STEMS = {"didirn18": "reference", "didirn50": "reference", "resnet18": "imagenet",
+         "resnet50": "imagenet"}  # fmt: skip
+
+
+def recipe_tensor(name: str, shape: list[int]) -> np.ndarray:
+    """The fixture's weight recipe (tests/fixtures/README.md), in float64."""
+    n = int(np.prod(shape))
+    j = np.arange(n, dtype=np.uint64)
+    offset = np.uint64((zlib.crc32(name.encode("utf-8")) * 97531 + 12345) % 2**32)
+    h = (j * np.uint64(2654435761) + offset) % np.uint64(2**32)
+    u = h.astype(np.float64) / 2**32
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf == "weight" and len(shape) >= 2 and "embed" in name:
+        v = (2 * u - 1) * 1.7
+    elif leaf == "weight" and len(shape) >= 2:
+        v = (2 * u - 1) / np.sqrt(np.prod(shape[1:]))
+    elif leaf in ("weight", "running_var"):
+        v = 0.5 + u
+    else:
+        v = (2 * u - 1) * 0.2
+    return v.reshape(shape)
+
+
+def reference_state_dict(net: str) -> dict[str, np.ndarray]:
+    return {k: recipe_tensor(k, m["shape"]).astype(np.float32) for k, m in META[net].items()}
+
+
+@pytest.mark.parametrize("net", sorted(META))
+def test_recipe_matches_fixture_checksums(net):
+    for key, m in META[net].items():
+        v = recipe_tensor(key, m["shape"]).astype(np.float32).astype(np.float64)  # as stored
+        assert v.sum() == pytest.approx(m["sum"], rel=1e-9, abs=1e-9), key
+        assert (v**2).sum() == pytest.approx(m["sumsq"], rel=1e-9), key
+
+
+@pytest.mark.parametrize("net", sorted(META))
+def test_outputs_match_official_networks(net):
+    model = create_model(net, num_classes=10, rngs=nnx.Rngs(0), stem=STEMS[net])
+    load_torch_weights(model, reference_state_dict(net))
+    images = jnp.asarray(np.transpose(FIXTURES["images_nchw"], (0, 2, 3, 1)))  # NCHW -> NHWC
+    ref = FIXTURES[f"{net}/logits"]
+    tol = 1e-4 * max(1.0, float(np.abs(ref).max()))
+    if net.startswith("didirn"):
+        x_t, sigma = jnp.asarray(FIXTURES["x_t"]), jnp.asarray(FIXTURES["sigma"])
+        raw = model.logits(images, x_t, sigma, train=False)
+        np.testing.assert_allclose(np.asarray(raw), ref, atol=tol, rtol=0)
+        log_score = ref.copy()
+        log_score[np.arange(4), FIXTURES["x_t"]] = 0.0
+        np.testing.assert_allclose(np.asarray(model(images, x_t, sigma, train=False)), log_score,
+                                   atol=tol, rtol=0)  # fmt: skip
+    else:
+        np.testing.assert_allclose(np.asarray(model(images, train=False)), ref, atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("net", ["didirn18", "resnet50"])
+def test_export_then_import_is_identity(net):
+    src = create_model(net, num_classes=10, rngs=nnx.Rngs(1), width=16, stem=STEMS[net])
+    # Non-trivial batch statistics.
+    src(jnp.ones((2, 16, 16, 3)), train=True) if net.startswith("resnet") else src(
+        jnp.ones((2, 16, 16, 3)), jnp.array([1, 2]), jnp.array([0.1, 1.0]), train=True
+    )
+    sd = export_torch_state_dict(src)
+    assert all(not k.startswith("stem") for k in sd)
+    dst = create_model(net, num_classes=10, rngs=nnx.Rngs(2), width=16, stem=STEMS[net])
+    load_torch_weights(dst, sd)
+    for a, b in zip(
+        jax.tree.leaves(nnx.state(src, nnx.Any(nnx.Param, nnx.BatchStat))),
+        jax.tree.leaves(nnx.state(dst, nnx.Any(nnx.Param, nnx.BatchStat))),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_export_matches_official_names():
+    model = create_model("didirn50", num_classes=10, rngs=nnx.Rngs(0))
+    sd = export_torch_state_dict(model)
+    assert {k: list(v.shape) for k, v in sd.items()} == {
+        k: m["shape"] for k, m in META["didirn50"].items()
+    }
+
+
+def test_mismatch_errors_list_everything_and_write_nothing():
+    sd = reference_state_dict("didirn18")
+    model = create_model("didirn18", num_classes=10, rngs=nnx.Rngs(0))
+    before = np.asarray(model.fc.kernel[...]).copy()
+    # Another K: every class-sized tensor is a shape mismatch.
+    wrong_k = create_model("didirn18", num_classes=7, rngs=nnx.Rngs(0))
+    with pytest.raises(
+        StateDictMismatch, match=r"shape mismatch \(3\): fc.bias.*fc.weight.*label_embedder"
+    ):
+        load_torch_weights(wrong_k, sd)
+    # Another depth: missing and unexpected keys.
+    deeper = create_model("didirn34", num_classes=10, rngs=nnx.Rngs(0))
+    with pytest.raises(StateDictMismatch, match=r"missing \(\d+\): .*layer1.2.conv1.weight"):
+        load_torch_weights(deeper, sd)
+    # A ResNet checkpoint into a DiDiRN: unexpected downsample keys, missing conditioning.
+    resnet_sd = reference_state_dict("resnet18")
+    with pytest.raises(StateDictMismatch, match=r"unexpected \(\d+\): .*downsample"):
+        load_torch_weights(model, resnet_sd)
+    # Another stem: the 7x7 conv does not fit the 3x3 one.
+    with pytest.raises(StateDictMismatch, match=r"conv1.weight: checkpoint \(64, 3, 7, 7\)"):
+        load_torch_weights(create_model("resnet18", num_classes=10, rngs=nnx.Rngs(0),
+                                        stem="reference"), resnet_sd)  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(model.fc.kernel[...]), before)
+    # Non-strict loading ignores missing/unexpected keys but never a shape mismatch.
+    partial = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    load_torch_weights(model, partial, strict=False)
+    np.testing.assert_array_equal(np.asarray(model.fc.kernel[...]), before)
