@@ -1,0 +1,27 @@
+"""The standard-classifier baseline of ``fashion_mnist_didirn.py``: same ResNet-18 body, stem,
+width, data, optimizer and budget, cross-entropy.
+
+    python -m didiff_jax.main --config configs/fashion_mnist_resnet.py --workdir runs/fmnist_resnet
+"""
+
+from __future__ import annotations
+
+from configs import common
+
+
+def get_config(arg: str | None = None):
+    c = common.base(
+        model={
+            "name": "resnet18",
+            "stem": "reference",
+            "width": 16,
+            "in_channels": 1,
+            "dtype": "float32",
+        },  # fmt: skip
+        objective={"name": "classifier"},
+        data=common.fashion_mnist_data(),
+        optimizer=common.lamb(lr=5e-3, warmup_steps=200),
+    )
+    c.num_epochs = 2.0
+    c.eval.samplers = [{"name": "classifier"}]
+    return common.apply_variants(c, arg, common.fashion_mnist_variants())

@@ -1,0 +1,240 @@
+"""Input pipelines: grain datasets -> per-process numpy batches -> globally sharded ``jax.Array``s.
+
+Train: source -> (per-class subset for ``data.train_ratio``) -> seeded shuffle, repeat ->
+per-example augmentation and corruption (a ``random_map``: each element gets its own generator
+derived from the seed and its position, so the stream is the same for any number of processes) ->
+this process's slice -> batch -> mixup/cutmix -> ``label_probs`` when targets are soft.
+Eval: the split padded to a whole number of global batches (``mask`` marks the padding), the same
+observation corruption as training at a chosen severity, deterministic per example.
+
+The iterator returned for training is a grain ``DatasetIterator`` whose state is checkpointed
+with the model, so a resumed run sees the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from didiff_jax.data import augment, corruptions, fashion_mnist
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+    num_classes: int
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, int, int]  # model input [H, W, C]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+class ArraySource:
+    """Random access over in-memory arrays: ``src[i] -> {"image": uint8 [H, W, C], "label": int}``."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "label": np.int32(self.labels[i])}
+
+
+class IndexedSource:
+    """A view of ``source`` at ``indices`` (a subset, or a padded order); adds ``mask`` if given."""
+
+    def __init__(self, source, indices: np.ndarray, mask: np.ndarray | None = None):
+        self.source, self.indices, self.mask = source, indices, mask
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        record = dict(self.source[int(self.indices[i])])
+        if self.mask is not None:
+            record["mask"] = np.bool_(self.mask[i])
+        return record
+
+
+def load_source(cfg: ml_collections.ConfigDict, split: str):
+    """The random-access source of ``split`` ('train' or 'test') for ``cfg.name``."""
+    if cfg.name == "fashion_mnist":
+        return ArraySource(*fashion_mnist.load(split, cfg.get("data_dir")))
+    if cfg.name in ("imagenet_tfds", "imagenet_folder"):
+        from didiff_jax.data import imagenet  # TFDS import only when ImageNet is asked for
+
+        tfds_split = "train" if split == "train" else "validation"
+        if cfg.name == "imagenet_tfds":
+            return imagenet.imagenet_tfds(tfds_split, cfg.get("data_dir") or None)
+        if not cfg.get("root"):
+            raise ValueError("data.name='imagenet_folder' needs --config.data.root=DIR "
+                             "(DIR/train/<wnid>/*.JPEG, DIR/val/<wnid>/*.JPEG)")  # fmt: skip
+        return imagenet.image_folder(cfg.root, "train" if split == "train" else "val",
+                                     data_dir=cfg.get("data_dir") or None)  # fmt: skip
+    raise ValueError(f"data.name must be 'fashion_mnist', 'imagenet_tfds' or 'imagenet_folder', "
+                     f"got {cfg.name!r}")  # fmt: skip
+
+
+def dataset_info(cfg: ml_collections.ConfigDict) -> DataInfo:
+    res = cfg.image_size
+    if cfg.name == "fashion_mnist":
+        return DataInfo(10, fashion_mnist.CLASS_NAMES, (res, res, 1), fashion_mnist.MEAN,
+                        fashion_mnist.STD)  # fmt: skip
+    if cfg.name in ("imagenet_tfds", "imagenet_folder"):
+        from didiff_jax.data import imagenet
+
+        names = tuple(imagenet.class_names(load_source(cfg, "train")))
+        return DataInfo(len(names), names, (res, res, 3), IMAGENET_MEAN, IMAGENET_STD)
+    raise ValueError(f"unknown data.name {cfg.name!r}")
+
+
+def class_subset(labels: np.ndarray, ratio: float, seed: int) -> np.ndarray:
+    """Indices keeping ``int(n_c * ratio)`` (at least 1) examples of each class, seeded [ref]."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        keep.append(rng.choice(idx, size=max(1, int(len(idx) * ratio)), replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def _labels_of(source) -> np.ndarray:
+    if isinstance(source, ArraySource):
+        return source.labels
+    if hasattr(source, "labels"):
+        return np.asarray(source.labels)
+    return np.array([source[i]["label"] for i in range(len(source))])
+
+
+def _to_float(image: np.ndarray) -> np.ndarray:
+    return image.astype(np.float32) / 255.0
+
+
+def _normalise(image: np.ndarray, info: DataInfo) -> np.ndarray:
+    return (image - np.asarray(info.mean, np.float32)) / np.asarray(info.std, np.float32)
+
+
+def _observe(image: np.ndarray, cfg: ml_collections.ConfigDict, kind: str | None, severity: int,
+             rng: np.random.Generator) -> np.ndarray:  # fmt: skip
+    """Float image in [0, 1] -> the degraded observation ``y = h(x)`` the model sees."""
+    if kind and severity:
+        image = corruptions.corrupt(image, kind, severity, rng)
+    return image
+
+
+def preprocess_train(record: dict, rng: np.random.Generator, cfg: ml_collections.ConfigDict,
+                     info: DataInfo) -> dict:  # fmt: skip
+    aug = cfg.augment
+    image = record["image"]
+    res = cfg.image_size
+    crop = aug.get("crop", "none")
+    if crop == "rrc":
+        image = augment.random_resized_crop(
+            image, res, rng, scale=tuple(aug.get("rrc_scale", (0.08, 1.0)))
+        )
+    else:
+        if image.shape[:2] != (res, res):
+            image = augment.resize(image, res)
+        if crop == "pad":
+            image = augment.random_crop_with_padding(image, rng, padding=aug.get("pad", 2))
+    if aug.get("flip", False):
+        image = augment.random_flip(image, rng)
+    if aug.get("color_jitter", 0.0):
+        cj = aug.color_jitter
+        image = augment.color_jitter(image, rng, brightness=cj, contrast=cj, saturation=cj)
+    if aug.get("randaugment_magnitude", 0):
+        image = augment.rand_augment(image, rng, num_ops=aug.get("randaugment_ops", 2),
+                                     magnitude=aug.randaugment_magnitude,
+                                     magnitude_std=aug.get("randaugment_std", 0.5))  # fmt: skip
+    image = _observe(_to_float(image), cfg, cfg.corruption.kind, cfg.corruption.severity, rng)
+    return {"image": _normalise(image, info), "label": record["label"]}
+
+
+def preprocess_eval(record: dict, rng: np.random.Generator, cfg: ml_collections.ConfigDict,
+                    info: DataInfo, kind: str | None, severity: int) -> dict:  # fmt: skip
+    image = record["image"]
+    res = cfg.image_size
+    if cfg.name == "fashion_mnist":
+        if image.shape[:2] != (res, res):
+            image = augment.resize(image, res)
+    else:
+        image = augment.resize_for_eval(image, res)
+    image = _observe(_to_float(image), cfg, kind, severity, rng)
+    out = {"image": _normalise(image, info), "label": record["label"]}
+    if "mask" in record:
+        out["mask"] = record["mask"]
+    return out
+
+
+def _soft_targets(batch: dict, rng: np.random.Generator, cfg: ml_collections.ConfigDict,
+                  num_classes: int) -> dict:  # fmt: skip
+    """Label smoothing and mixup/cutmix: adds ``label_probs`` (which selects the soft losses)."""
+    aug = cfg.augment
+    smoothing, mix, cut = (
+        aug.get("label_smoothing", 0.0),
+        aug.get("mixup", 0.0),
+        aug.get("cutmix", 0.0),
+    )
+    if not (smoothing or mix or cut):
+        return batch
+    targets = augment.one_hot_smooth(batch["label"], num_classes, smoothing)
+    images, targets = augment.mixup_cutmix(batch["image"], targets, rng, mixup_alpha=mix,
+                                           cutmix_alpha=cut)  # fmt: skip
+    return {**batch, "image": images, "label_probs": targets.astype(np.float32)}
+
+
+def train_dataset(cfg: ml_collections.ConfigDict, info: DataInfo, *, global_batch_size: int,
+                  seed: int, source=None) -> grain.IterDataset:  # fmt: skip
+    """The infinite training stream of this process's share of each global batch."""
+    P, p = jax.process_count(), jax.process_index()
+    if global_batch_size % P:
+        raise ValueError(f"batch size {global_batch_size} is not divisible by {P} processes")
+    source = load_source(cfg, "train") if source is None else source
+    ratio = cfg.get("train_ratio", 1.0)
+    if ratio < 1.0:
+        source = IndexedSource(
+            source, class_subset(_labels_of(source), ratio, cfg.get("ratio_seed", 0))
+        )
+    ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
+    ds = ds.random_map(lambda r, rng: preprocess_train(r, rng, cfg, info))
+    ds = ds[p::P].batch(global_batch_size // P, drop_remainder=True)
+    ds = ds.random_map(lambda b, rng: _soft_targets(b, rng, cfg, info.num_classes))
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.get("num_threads", 2),
+                                                prefetch_buffer_size=4))  # fmt: skip
+
+
+def eval_dataset(cfg: ml_collections.ConfigDict, info: DataInfo, *, split: str,
+                 global_batch_size: int, kind: str | None = None, severity: int = 0,
+                 source=None, max_examples: int | None = None,
+                 seed: int = 0) -> grain.MapDataset:  # fmt: skip
+    """Batches of ``split`` padded to whole global batches; ``mask`` is False on the padding."""
+    P, p = jax.process_count(), jax.process_index()
+    source = load_source(cfg, split) if source is None else source
+    n = len(source) if max_examples is None else min(len(source), max_examples)
+    padded = math.ceil(n / global_batch_size) * global_batch_size
+    order = np.arange(padded)
+    view = IndexedSource(source, order % n, order < n)
+    ds = grain.MapDataset.source(view).seed(seed)
+    ds = ds.random_map(lambda r, rng: preprocess_eval(r, rng, cfg, info, kind, severity))
+    return ds[p::P].batch(global_batch_size // P, drop_remainder=True)
+
+
+def to_global(batch: dict, sharding: jax.sharding.Sharding) -> dict:
+    """Per-process numpy batch -> global ``jax.Array``s split over the mesh's batch axes."""
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+    }
+
+
+def iterate(ds, sharding: jax.sharding.Sharding) -> Iterator[dict]:
+    for batch in ds:
+        yield to_global(batch, sharding)

@@ -1,0 +1,233 @@
+"""The training loop: ``train_and_evaluate(config, workdir)``.
+
+One straight line of named helpers, big_vision style:
+
+1. data info, mesh, model (initialised directly into its shardings), optimizer;
+2. the train state: a plain dict pytree (``params``, ``rest`` = batch statistics, ``opt_state``,
+   ``ema``, ``step``, ``rng``, ``nonfinite``), sharded by the config's rules;
+3. resume from the workdir's latest checkpoint (train state and data-iterator position);
+4. the jitted step (explicit in/out shardings, donated state); progress line, JSON-lines metrics;
+   asynchronous checkpoints every ``checkpoint_every_steps``; SIGTERM saves and exits;
+5. a final checkpoint, then ``evaluate`` (when ``config.eval.after_train``).
+
+A step whose loss is not finite leaves the state unchanged and is counted; the loop then stops with
+an error, keeping the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import pathlib
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from didiff_jax import checkpoint, losses, optim, sharding
+from didiff_jax.data import pipeline
+from didiff_jax.models import create_model
+
+log = logging.getLogger("didiff_jax")
+
+
+# ---------------------------------------------------------------------------------- the model
+
+
+def build_model(config: ml_collections.ConfigDict, info: pipeline.DataInfo, rngs: nnx.Rngs):
+    """The network of ``config.model`` (every key but ``name`` is a builder option)."""
+    options = {k: v for k, v in config.model.items() if k != "name"}
+    if "dtype" in options:
+        options["dtype"] = jnp.dtype(options["dtype"])
+    return create_model(config.model.name, num_classes=info.num_classes, rngs=rngs, **options)
+
+
+def total_steps(config: ml_collections.ConfigDict, train_size: int) -> int:
+    if config.get("num_steps"):
+        return int(config.num_steps)
+    return int(math.ceil(config.num_epochs * train_size / config.batch_size))
+
+
+def train_size(config: ml_collections.ConfigDict, source) -> int:
+    ratio = config.data.get("train_ratio", 1.0)
+    return len(source) if ratio >= 1.0 else len(pipeline.class_subset(
+        pipeline._labels_of(source), ratio, config.data.get("ratio_seed", 0)))  # fmt: skip
+
+
+def init_train_state(config, info, tx, mesh, rules):
+    """(graphdef, abstract state, state shardings, init function). The init function builds the
+    model and optimizer state under ``jit`` straight into the target shardings (no host copy)."""
+
+    def init():
+        model = build_model(config, info, nnx.Rngs(config.seed))
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        ema = params if config.get("ema_decay", 0.0) else {}
+        state = {
+            "params": params,
+            "rest": rest,
+            "opt_state": tx.init(params),
+            "ema": ema,
+            "step": jnp.zeros((), jnp.int32),
+            "rng": jax.random.key_data(jax.random.key(config.seed + 1)),
+            "nonfinite": jnp.zeros((), jnp.int32),
+        }
+        return graphdef, state
+
+    graphdef, abstract = nnx.eval_shape(init)
+    shardings = sharding.state_shardings(abstract, mesh, rules)
+    init_fn = jax.jit(lambda: init()[1], out_shardings=shardings)
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+    return graphdef, abstract, shardings, init_fn
+
+
+def make_train_step(graphdef, loss_fn, tx, ema_decay: float):
+    def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+
+        model = nnx.merge(graphdef, state["params"], state["rest"])
+        grad_fn = nnx.value_and_grad(lambda m: loss_fn(m, batch, key), has_aux=True)
+        (loss, metrics), grads = grad_fn(model)  # grads: an nnx.State of the Params
+        rest = nnx.state(model, nnx.Not(nnx.Param))  # updated batch statistics
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        ema = optim.ema_update(state["ema"], params, ema_decay) if ema_decay else state["ema"]
+        new = {**state, "params": params, "rest": rest, "opt_state": opt_state, "ema": ema}
+        finite = jnp.isfinite(loss)
+        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+        new["step"] = state["step"] + 1
+        new["nonfinite"] = state["nonfinite"] + (~finite).astype(jnp.int32)
+        metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
+        return new, metrics
+
+    return train_step
+
+
+# -------------------------------------------------------------------------------- logging
+
+
+class Progress:
+    """Progress line (process 0) and metrics as JSON lines in ``<workdir>/metrics.jsonl``."""
+
+    def __init__(self, workdir: str, total: int, batch_size: int, start: int):
+        self.total, self.batch_size = total, batch_size
+        self.t0, self.s0 = time.time(), start
+        self.path = pathlib.Path(workdir) / "metrics.jsonl"
+        self.enabled = jax.process_index() == 0
+
+    def __call__(self, step: int, metrics: dict[str, float], lr: float) -> None:
+        if not self.enabled:
+            return
+        elapsed = max(time.time() - self.t0, 1e-9)
+        rate = (step - self.s0) * self.batch_size / elapsed
+        eta = (self.total - step) * self.batch_size / max(rate, 1e-9)
+        record = {"step": step, "lr": lr, "examples_per_s": rate, **metrics}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        shown = " | ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        print(
+            f"step {step}/{self.total} | {shown} | {rate:,.0f} ex/s | ETA {_hms(eta)}", flush=True
+        )
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else (
+        f"{seconds // 60}m{seconds % 60:02d}s")  # fmt: skip
+
+
+class _Stop:
+    """SIGTERM sets a flag; the loop saves a checkpoint at the next step and exits cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        log.warning("SIGTERM: saving a checkpoint and stopping")
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+# ---------------------------------------------------------------------------------- the loop
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Train (or resume) the run in ``workdir``; returns the final train state."""
+    info = pipeline.dataset_info(config.data)
+    mesh = sharding.make_mesh(**config.mesh)
+    rules = sharding.parse_rules(config.get("sharding_rules"))
+    source = pipeline.load_source(config.data, "train")
+    steps = total_steps(config, train_size(config, source))
+    tx, lr_fn = optim.make_optimizer(config.optimizer, steps)
+    graphdef, abstract, state_shardings, init_fn = init_train_state(config, info, tx, mesh, rules)
+    batch_sharding = sharding.batch_sharding(mesh)
+
+    data = pipeline.train_dataset(config.data, info, global_batch_size=config.batch_size,
+                                  seed=config.seed, source=source)  # fmt: skip
+    data_iter = iter(data)
+    mgr = checkpoint.manager(workdir, keep=config.get("keep_checkpoints", 2))
+    if mgr.latest_step() is not None:
+        state = checkpoint.restore(mgr, abstract, data_iter,
+                                   describe=checkpoint.describe(config, workdir))  # fmt: skip
+        log.info("resumed from step %d", int(state["step"]))
+    else:
+        state = init_fn()
+    checkpoint.write_config(workdir, config)
+
+    loss_fn = losses.make_objective(config.objective, info.num_classes)
+    step_fn = jax.jit(
+        make_train_step(graphdef, loss_fn, tx, config.get("ema_decay", 0.0)),
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, None),
+        donate_argnums=0,
+    )
+    start = int(state["step"])
+    progress = Progress(workdir, steps, config.batch_size, start)
+    log_every = config.get("log_every_steps", 50)
+    ckpt_every = config.get("checkpoint_every_steps", 500)
+    stop = _Stop()
+    try:
+        for step in range(start + 1, steps + 1):
+            batch = pipeline.to_global(next(data_iter), batch_sharding)
+            state, metrics = step_fn(state, batch)
+            if step % log_every == 0 or step == steps or stop.requested:
+                if int(state["nonfinite"]):
+                    raise FloatingPointError(
+                        f"non-finite loss before step {step} (last good checkpoint: step "
+                        f"{mgr.latest_step()}); lower the learning rate or set "
+                        "objective.log_score_clip"
+                    )
+                progress(step, {k: float(v) for k, v in metrics.items()}, float(lr_fn(step)))
+            if step % ckpt_every == 0 or step == steps or stop.requested:
+                checkpoint.save(mgr, step, state, data_iter, force=True)
+            if stop.requested:
+                break
+    finally:
+        mgr.wait_until_finished()
+        stop.restore()
+    return {"state": state, "graphdef": graphdef, "info": info, "mesh": mesh,
+            "stopped_early": stop.requested}  # fmt: skip
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
+    run = train(config, workdir)
+    if config.eval.get("after_train", True) and not run["stopped_early"]:
+        from didiff_jax import evaluate  # evaluation pulls in plotting
+
+        evaluate.evaluate(config, workdir, run=run)
+
+
+def host_params(state: dict, use_ema: bool) -> tuple[Any, Any]:
+    """The (params, rest) to evaluate: EMA parameters when the run keeps them and ``use_ema``."""
+    params = state["ema"] if use_ema and state["ema"] else state["params"]
+    return params, state["rest"]

@@ -1,0 +1,252 @@
+"""The main job end to end on tiny settings: train, checkpoint, resume, evaluate, fail clearly."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import (
+    fashion_mnist_add_vit,
+    fashion_mnist_didirn,
+    fashion_mnist_resnet,
+    fashion_mnist_vit,
+)
+from didiff_jax import checkpoint, evaluate, losses, optim, sharding, train
+from didiff_jax.data import fashion_mnist, pipeline
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(
+    not pathlib.Path(fashion_mnist.DEBIAN_DIR).is_dir()
+    and "DIDIFF_FASHION_MNIST" not in os.environ,
+    reason="Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)",
+)
+
+
+def tiny(config_module, **overrides):
+    c = config_module.get_config("smoke")
+    c.model.width = 8
+    c.eval.severities = (3,)
+    for k, v in overrides.items():
+        target = c
+        *parents, leaf = k.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = v
+    return c
+
+
+def leaves(state):
+    return [np.asarray(x) for x in jax.tree.leaves(state["params"])]
+
+
+def test_smoke_trains_saves_resumes_and_evaluates(tmp_path):
+    config = tiny(fashion_mnist_didirn)
+    config.eval.samplers = [*config.eval.samplers, {"name": "cl", "num_chains": 3, "steps": (2,)}]
+    train.train_and_evaluate(config, str(tmp_path))
+    assert (tmp_path / "config.json").is_file()
+    assert checkpoint.manager(str(tmp_path), read_only=True).latest_step() == 4
+    records = json.loads((tmp_path / "eval_results.json").read_text())["records"]
+    assert {(r["sampler"], r["steps"], r["condition"]) for r in records} >= {
+        ("cp-euler", 2, "clean"),
+        ("cp-analytic", 1, "gaussian_noise"),
+        ("cl-euler-n3", 2, "clean"),
+    }
+    for r in records:
+        assert 0.0 <= r["top1"] <= r["top5"] <= 1.0 and np.isfinite(r["nll"]) and r["count"] == 32
+        assert len(r["top1_per_step"]) == r["steps"]
+    for name in ("accuracy_vs_steps.png", "accuracy_vs_severity.png", "reliability.png",
+                 "trajectory_cp-euler_2.png"):  # fmt: skip
+        assert (tmp_path / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Resume: a longer run continues from step 4 instead of starting again.
+    config.num_steps = 6
+    config.eval.after_train = False
+    train.train_and_evaluate(config, str(tmp_path))
+    steps = [
+        json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == [2, 4, 6]
+
+
+@pytest.mark.parametrize(
+    "module,variant,sampler",
+    [
+        (fashion_mnist_resnet, "smoke", "classifier"),
+        (fashion_mnist_vit, "smoke", "classifier"),
+        (fashion_mnist_add_vit, "smoke", "onehot-argmax-g2"),
+        (fashion_mnist_add_vit, "smoke,mdd", "masked"),
+    ],
+)
+def test_other_configs_train_resume_and_evaluate(tmp_path, module, variant, sampler):
+    config = module.get_config(variant)
+    config.model.width = 8 if "resnet" in config.model.name else 24
+    config.eval.after_train = False
+    train.train_and_evaluate(config, str(tmp_path))
+    config.num_steps = 6
+    train.train_and_evaluate(config, str(tmp_path))  # resumes at 4
+    records = evaluate.evaluate(config, str(tmp_path))
+    assert sampler in {r["sampler"] for r in records}
+    assert all(0.0 <= r["top1"] <= 1.0 and np.isfinite(r["nll"]) for r in records)
+
+
+def run_main(workdir, *extra, check=True):
+    cmd = [sys.executable, "-m", "didiff_jax.main",
+           "--config", str(REPO / "configs" / "fashion_mnist_didirn.py") + ":smoke",
+           "--workdir", str(workdir), "--config.model.width=8", *extra]  # fmt: skip
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=check, timeout=600)
+
+
+def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
+    common = ["--config.num_steps=8", "--config.checkpoint_every_steps=1",
+              "--config.eval.after_train=False"]  # fmt: skip
+    run_main(tmp_path / "straight", *common)
+    cmd = [sys.executable, "-m", "didiff_jax.main",
+           "--config", str(REPO / "configs" / "fashion_mnist_didirn.py") + ":smoke",
+           "--workdir", str(tmp_path / "killed"), "--config.model.width=8", *common]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "checkpoints" / "3"
+    deadline = time.time() + 300
+    while not ckpt.is_dir() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    latest = checkpoint.manager(str(tmp_path / "killed"), read_only=True).latest_step()
+    assert latest is not None and latest < 8, "the run was not interrupted"
+    run_main(tmp_path / "killed", *common)
+    config = tiny(fashion_mnist_didirn)
+    a = evaluate.restore_for_eval(config, str(tmp_path / "straight"))[1]
+    b = evaluate.restore_for_eval(config, str(tmp_path / "killed"))[1]
+    for x, y in zip(leaves(a), leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_unknown_config_key_suggests(tmp_path):
+    result = run_main(tmp_path, "--config.optimizer.lrr=0.1", check=False)
+    assert result.returncode != 0
+    assert "Did you mean --config.optimizer.lr?" in result.stderr + result.stdout
+
+
+def test_checkpoint_of_another_model_fails_naming_both(tmp_path):
+    config = tiny(fashion_mnist_didirn, **{"eval.after_train": False})
+    train.train_and_evaluate(config, str(tmp_path))
+    config.model.width = 16
+    with pytest.raises(
+        checkpoint.CheckpointMismatch,
+        match=r"(?s)'width': 16.*written with model.*'width': 8.*shape mismatch",
+    ):
+        evaluate.restore_for_eval(config, str(tmp_path))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    config = tiny(fashion_mnist_didirn, **{"eval.after_train": False})
+    train.train(config, str(tmp_path))  # 4 good steps, checkpoint at 4
+    real = losses.make_objective
+
+    def nan_objective(cfg, num_classes):
+        loss_fn = real(cfg, num_classes)
+
+        def fn(model, batch, key):
+            loss, metrics = loss_fn(model, batch, key)
+            return loss * jnp.nan, metrics
+
+        return fn
+
+    monkeypatch.setattr(losses, "make_objective", nan_objective)
+    config.num_steps = 8
+    with pytest.raises(FloatingPointError, match="non-finite loss.*last good checkpoint: step 4"):
+        train.train(config, str(tmp_path))
+    assert checkpoint.manager(str(tmp_path), read_only=True).latest_step() == 4
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", str(tmp_path / "nothing"))
+    monkeypatch.delenv("DIDIFF_FASHION_MNIST", raising=False)
+    with pytest.raises(FileNotFoundError, match="apt-get install -y dataset-fashion-mnist"):
+        fashion_mnist.load("train", str(tmp_path / "empty"))
+
+
+def test_predict_answers_good_images_and_names_bad_ones(tmp_path, capsys):
+    config = tiny(fashion_mnist_didirn, **{"eval.after_train": False})
+    train.train_and_evaluate(config, str(tmp_path))
+    images, _ = fashion_mnist.load("test")
+    good = tmp_path / "shoe.png"
+    Image.fromarray(images[0, :, :, 0]).save(good)
+    rgb = tmp_path / "big.jpg"
+    Image.fromarray(np.stack([images[1, :, :, 0]] * 3, -1)).resize((64, 64)).save(rgb)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    results = evaluate.predict(config, str(tmp_path), [str(good), str(bad), str(rgb)])
+    assert "error" in results[1] and "broken.png" in results[1]["error"]
+    for r in (results[0], results[2]):
+        probs = [p for _, p in r["top5"]]
+        assert len(probs) == 5 and probs == sorted(probs, reverse=True)
+        assert 0.0 <= sum(probs) <= 1.0 + 1e-5 and 0.0 <= r["entropy"] <= np.log(10) + 1e-5
+    out = capsys.readouterr().out
+    assert "broken.png" in out and "shoe.png" in out
+
+
+def test_eight_devices_equal_one(devices):
+    """The same train step on a mesh of 8 devices and of 1 gives the same loss and parameters."""
+    config = tiny(fashion_mnist_didirn)
+    info = pipeline.dataset_info(config.data)
+    tx, _ = optim.make_optimizer(config.optimizer, 10)
+    loss_fn = losses.make_objective(config.objective, info.num_classes)
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.normal(size=(16, 28, 28, 1)).astype(np.float32),
+             "label": rng.integers(0, 10, 16).astype(np.int32)}  # fmt: skip
+    results = []
+    for devs in (devices[:1], devices):
+        mesh = sharding.make_mesh(data=-1, fsdp=1, devices=devs)
+        graphdef, _, shardings, init_fn = train.init_train_state(config, info, tx, mesh, ())
+        step = jax.jit(train.make_train_step(graphdef, loss_fn, tx, 0.0),
+                       in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                       out_shardings=(shardings, None))  # fmt: skip
+        state = init_fn()
+        gbatch = pipeline.to_global(batch, sharding.batch_sharding(mesh))
+        for _ in range(2):
+            state, metrics = step(state, gbatch)
+        results.append((float(metrics["loss"]), leaves(state)))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """A tiny ImageNet-style folder of real JPEG/PNG files: 3 classes x 6 train / 2 val images."""
+    root = tmp_path_factory.mktemp("imagenet")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 2)):
+        for c, wnid in enumerate(("n01", "n02", "n03")):
+            d = root / split / wnid
+            d.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (40 + 4 * i, 48, 3), dtype=np.uint8) // (c + 1)
+                Image.fromarray(pixels).save(d / (f"{i}.JPEG" if i % 2 else f"{i}.png"))
+    return root
+
+
+@pytest.mark.parametrize(
+    "name", ["imagenet_didirn50", "imagenet_resnet50", "imagenet_add_vitb16", "imagenet_vitb16"]
+)
+def test_imagenet_configs_smoke_on_an_image_folder(tmp_path, image_folder, name):
+    import importlib
+
+    config = importlib.import_module(f"configs.{name}").get_config("smoke")
+    config.data.root = str(image_folder)
+    config.data.data_dir = str(tmp_path / "prepared")
+    config.eval.after_train = False
+    config.eval.corruptions = ()
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+    config.num_steps = 6
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+    records = evaluate.evaluate(config, str(tmp_path / "run"))
+    assert records and all(r["count"] == 6 for r in records)
