@@ -22,10 +22,11 @@ def get_config(arg: str | None = None):
         },  # fmt: skip
         objective={"name": "didicm", "schedule": "loglinear", "eps": 1e-3, "log_score_clip": 20.0},
         data=common.fashion_mnist_data(),
-        optimizer=common.lamb(lr=5e-3, warmup_steps=200),
+        optimizer=common.lamb(lr=3e-3, warmup_steps=200),
     )
     c.batch_size = 128
-    c.num_epochs = 2.0
+    c.num_epochs = 4.0
+    c.ema_decay = 0.999
     # Each (sampler, steps) runs the network steps x (chains) times per test image: on the 2-core
     # CPU, 10k images x 18 evaluations take about 1.5 minutes. The study (benchmarks/) sweeps more.
     c.eval.samplers = [

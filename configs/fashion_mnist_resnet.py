@@ -20,8 +20,9 @@ def get_config(arg: str | None = None):
         },  # fmt: skip
         objective={"name": "classifier"},
         data=common.fashion_mnist_data(),
-        optimizer=common.lamb(lr=5e-3, warmup_steps=200),
+        optimizer=common.lamb(lr=3e-3, warmup_steps=200),
     )
-    c.num_epochs = 2.0
+    c.num_epochs = 4.0
+    c.ema_decay = 0.999
     c.eval.samplers = [{"name": "classifier"}]
     return common.apply_variants(c, arg, common.fashion_mnist_variants())

@@ -118,9 +118,10 @@ def sampler_runs(config: ml_collections.ConfigDict) -> list[tuple[Any, int | Non
 # ------------------------------------------------------------------------------- restoring
 
 
-def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None):
+def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None,
+                     info: pipeline.DataInfo | None = None):  # fmt: skip
     """(graphdef, state, info, mesh) of the run's checkpoint, without the data iterator."""
-    info = pipeline.dataset_info(config.data)
+    info = pipeline.dataset_info(config.data) if info is None else info
     mesh = sharding.make_mesh(**config.mesh)
     tx, _ = optim.make_optimizer(config.optimizer, 1)  # the state layout does not depend on steps
     graphdef, abstract, _, _ = init_train_state(config, info, tx, mesh,

@@ -109,27 +109,28 @@ class StateDictMismatch(ValueError):
     """A state dict that does not fit the model: lists missing, unexpected and mis-shaped keys."""
 
 
-def load_torch_weights(
+def check_torch_weights(
     model: nnx.Module, state_dict: Mapping[str, np.ndarray], *, strict: bool = True
-) -> nnx.Module:
-    """Fill ``model`` (in place) from a PyTorch-named state dict of numpy arrays; returns it.
+) -> dict[str, tuple]:
+    """Check a PyTorch-named state dict against ``model`` (which may be abstract, from
+    ``nnx.eval_shape``); returns ``{torch key: nnx path}`` of the keys to load.
 
-    Every key is checked before anything is written: with ``strict`` any missing or unexpected key
-    is an error, and a shape mismatch always is. ``num_batches_tracked`` entries are ignored.
+    Raises ``StateDictMismatch`` listing missing, unexpected (both only with ``strict``) and
+    mis-shaped keys. ``num_batches_tracked`` entries are ignored.
     """
     family = _family(model)
     flat = _flat_state(model)
     wanted = {torch_name(path, family): path for path in flat}
-    given = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
-    missing = sorted(set(wanted) - set(given))
-    unexpected = sorted(set(given) - set(wanted))
+    given = {k for k in state_dict if not k.endswith("num_batches_tracked")}
+    missing = sorted(set(wanted) - given)
+    unexpected = sorted(given - set(wanted))
     mismatched = []
-    for key in sorted(set(wanted) & set(given)):
+    for key in sorted(set(wanted) & given):
         path = wanted[key]
-        want_shape = _torch_shape(flat[path][...].shape, path[-1])
-        if tuple(np.shape(given[key])) != want_shape:
+        want_shape = _torch_shape(tuple(flat[path].get_value().shape), path[-1])
+        if tuple(np.shape(state_dict[key])) != want_shape:
             mismatched.append(
-                f"{key}: checkpoint {tuple(np.shape(given[key]))}, model {want_shape}"
+                f"{key}: checkpoint {tuple(np.shape(state_dict[key]))}, model {want_shape}"
             )
     if mismatched or (strict and (missing or unexpected)):
         lines = [f"state dict does not fit {type(model).__name__}:"]
@@ -140,9 +141,20 @@ def load_torch_weights(
                 if len(items) > 20:
                     lines[-1] += f", ... ({len(items) - 20} more)"
         raise StateDictMismatch("\n".join(lines))
-    for key, path in wanted.items():
-        if key in given:
-            var = flat[path]
-            value = _from_torch(np.asarray(given[key]), path[-1])
-            var[...] = jnp.asarray(value, dtype=var[...].dtype)
+    return {k: p for k, p in wanted.items() if k in given}
+
+
+def load_torch_weights(
+    model: nnx.Module, state_dict: Mapping[str, np.ndarray], *, strict: bool = True
+) -> nnx.Module:
+    """Fill ``model`` (in place) from a PyTorch-named state dict of numpy arrays; returns it.
+
+    Every key is checked (``check_torch_weights``) before anything is written.
+    """
+    flat = _flat_state(model)
+    for key, path in check_torch_weights(model, state_dict, strict=strict).items():
+        var = flat[path]
+        var[...] = jnp.asarray(
+            _from_torch(np.asarray(state_dict[key]), path[-1]), dtype=var[...].dtype
+        )
     return model

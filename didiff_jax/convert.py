@@ -1,0 +1,175 @@
+"""PyTorch / timm checkpoints <-> didiff_jax run directories.
+
+Import (a ``.pth``/``.pth.tar`` of the official DiDiCM release or timm/torchvision, or an ``.npz``
+of PyTorch-named arrays) into a workdir that ``main --mode eval|predict`` reads::
+
+    python -m didiff_jax.convert --model didirn50 --num-classes 1000 CHECKPOINT --workdir DIR [--ema]
+        [--config configs/imagenet_didirn50.py] [--stem reference]
+
+Export a run's model as a PyTorch-named state dict (``.npz``; ``.pth`` when torch is installed)::
+
+    python -m didiff_jax.convert --export --workdir DIR OUT.npz|OUT.pth
+
+The state dict is checked against the model before anything is written: a checkpoint of another
+depth, K or stem fails listing missing keys, unexpected keys and shape mismatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import pathlib
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from didiff_jax import checkpoint, optim, sharding
+from didiff_jax.data import pipeline
+from didiff_jax.models.torch_interop import (
+    StateDictMismatch,
+    check_torch_weights,
+    export_torch_state_dict,
+    load_torch_weights,
+)
+
+REPO_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def read_state_dict(path: str, *, ema: bool = False) -> dict[str, np.ndarray]:
+    """``{name: array}`` from an ``.npz`` or a torch checkpoint (timm: ``state_dict`` /
+    ``state_dict_ema``; a ``module.`` prefix from DataParallel is stripped)."""
+    if path.endswith(".npz"):
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    try:
+        import torch
+    except ImportError:
+        raise SystemExit(
+            f"reading {path} needs PyTorch: pip install 'didiff_jax[torch]' (or convert it to .npz "
+            "with {k: v.numpy() for k, v in state_dict.items()} where torch is available)"
+        ) from None
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    key = "state_dict_ema" if ema else "state_dict"
+    if isinstance(obj, dict) and key in obj:
+        obj = obj[key]
+    elif ema:
+        raise SystemExit(f"{path} has no 'state_dict_ema' (keys: {sorted(obj)[:10]})")
+    elif isinstance(obj, dict) and "model" in obj and hasattr(obj["model"], "items"):
+        obj = obj["model"]
+    out = {}
+    for k, v in obj.items():
+        if hasattr(v, "detach"):
+            out[k.removeprefix("module.")] = v.detach().cpu().numpy()
+    return out
+
+
+def _load_config(path: str) -> ml_collections.ConfigDict:
+    spec_path, _, arg = path.partition(":")
+    spec = importlib.util.spec_from_file_location("_didiff_config", spec_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+def placeholder_info(config: ml_collections.ConfigDict, num_classes: int) -> pipeline.DataInfo:
+    """What the model needs of the data (K and channels), without opening the dataset."""
+    res, channels = config.data.image_size, config.model.get("in_channels", 3)
+    return pipeline.DataInfo(num_classes, tuple(str(i) for i in range(num_classes)),
+                             (res, res, channels), pipeline.IMAGENET_MEAN, pipeline.IMAGENET_STD)  # fmt: skip
+
+
+def default_config(model: str) -> str:
+    return str(REPO_CONFIGS / ("imagenet_didirn50.py" if model.startswith("didirn") else
+                               "imagenet_resnet50.py"))  # fmt: skip
+
+
+def import_checkpoint(state_dict: dict, config: ml_collections.ConfigDict, workdir: str, *,
+                      num_classes: int) -> None:  # fmt: skip
+    """Write ``state_dict`` as step 0 of a run of ``config`` in ``workdir`` (with its config.json)."""
+    from didiff_jax.train import build_model, init_train_state
+
+    info = placeholder_info(config, num_classes)
+    # Check the weights against a throw-away model first: nothing is written if they do not fit.
+    check_torch_weights(nnx.eval_shape(lambda: build_model(config, info, nnx.Rngs(0))), state_dict)
+    mesh = sharding.make_mesh(**config.mesh)
+    tx, _ = optim.make_optimizer(config.optimizer, 1)
+    graphdef, _, _, init_fn = init_train_state(config, info, tx, mesh, ())
+    state = init_fn()
+    model = nnx.merge(graphdef, state["params"], state["rest"])
+    load_torch_weights(model, state_dict)
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    state = {**state, "params": params, "rest": rest, "opt_state": tx.init(params),
+             "ema": params if state["ema"] else state["ema"]}  # fmt: skip
+    mgr = checkpoint.manager(workdir)
+    if mgr.latest_step() is not None:
+        raise SystemExit(f"{workdir} already holds checkpoints; use an empty workdir")
+    checkpoint.write_config(workdir, config)
+    checkpoint.save(mgr, 0, state, force=True)
+    mgr.wait_until_finished()
+
+
+def export_checkpoint(workdir: str, out: str, *, use_ema: bool = True) -> dict[str, np.ndarray]:
+    from didiff_jax.evaluate import restore_for_eval
+    from didiff_jax.train import host_params
+
+    config = checkpoint.read_config(workdir)
+    # K from the saved head (ResNet/DiDiRN ``fc``), so that no dataset has to be opened.
+    mgr = checkpoint.manager(workdir, read_only=True)
+    saved = mgr.item_metadata(mgr.latest_step())["state"]
+    num_classes = int(saved["params"]["fc"]["bias"]["value"].shape[0])
+    info = placeholder_info(config, num_classes)
+    graphdef, state, _, _ = restore_for_eval(config, workdir, info=info)
+    params, rest = host_params(state, use_ema)
+    sd = export_torch_state_dict(nnx.merge(graphdef, jax.device_get(params), jax.device_get(rest)))
+    if out.endswith(".npz"):
+        np.savez(out, **sd)
+    else:
+        try:
+            import torch
+        except ImportError:
+            raise SystemExit("writing .pth needs PyTorch; write .npz instead") from None
+        torch.save({"state_dict": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}},
+                   out)  # fmt: skip
+    return sd
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m didiff_jax.convert", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "checkpoint", help="import: the .pth/.npz to read; export: the file to write"
+    )
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--export", action="store_true", help="write the workdir's model out")
+    parser.add_argument("--model", help="import: didirn18..152 or resnet18..152")
+    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument(
+        "--config", help="import: the config of the run (default: the ImageNet one)"
+    )
+    parser.add_argument("--stem", help="import: override the config's stem")
+    parser.add_argument("--ema", action="store_true", help="import timm's state_dict_ema")
+    args = parser.parse_args(argv)
+    if args.export:
+        sd = export_checkpoint(args.workdir, args.checkpoint)
+        print(f"wrote {len(sd)} tensors to {args.checkpoint}")
+        return
+    if not args.model:
+        parser.error("--model is required to import")
+    config = _load_config(args.config or default_config(args.model))
+    config.model.name = args.model
+    if args.stem:
+        config.model.stem = args.stem
+    try:
+        import_checkpoint(read_state_dict(args.checkpoint, ema=args.ema), config, args.workdir,
+                          num_classes=args.num_classes)  # fmt: skip
+    except StateDictMismatch as e:
+        sys.exit(f"error: {args.checkpoint}: {e}")
+    print(f"imported {args.checkpoint} as {args.model} into {args.workdir}")
+
+
+if __name__ == "__main__":
+    main()
