@@ -114,6 +114,9 @@ def imagenet_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The ImageNet configs' smoke variant: a tiny image folder (``data.root`` must be set, e.g.
     by the tests), 32 px, a narrow network."""
     smoke(c)
+    c.eval.samplers = [
+        {**c.eval.samplers[0], **({"steps": (2,)} if "steps" in c.eval.samplers[0] else {})}
+    ]
     c.data.name = "imagenet_folder"
     c.data.image_size = 32
     c.data.num_threads = 1
