@@ -247,8 +247,8 @@ def predict(config: ml_collections.ConfigDict, workdir: str, paths: list[str]) -
     (the first configured one at its largest number of steps). Unreadable files are reported."""
     graphdef, state, info, mesh = restore_for_eval(config, workdir)
     params, rest = host_params(state, config.eval.get("use_ema", True))
-    entry, steps = max(sampler_runs(config)[: len(config.eval.samplers[0].get("steps", [0])) or 1],
-                       key=lambda r: r[1] or 0)  # fmt: skip
+    entry = ml_collections.ConfigDict(config.eval.samplers[0])
+    steps = max(entry.steps) if "steps" in entry else None
     fn = make_predict_fn(config, graphdef, entry, steps, info.num_classes)
     results = []
     for i, path in enumerate(paths):

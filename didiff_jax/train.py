@@ -56,8 +56,11 @@ def total_steps(config: ml_collections.ConfigDict, train_size: int) -> int:
 
 def train_size(config: ml_collections.ConfigDict, source) -> int:
     ratio = config.data.get("train_ratio", 1.0)
-    return len(source) if ratio >= 1.0 else len(pipeline.class_subset(
-        pipeline._labels_of(source), ratio, config.data.get("ratio_seed", 0)))  # fmt: skip
+    if ratio >= 1.0:
+        return len(source)
+    return len(
+        pipeline.class_subset(pipeline.labels_of(source), ratio, config.data.get("ratio_seed", 0))
+    )
 
 
 def init_train_state(config, info, tx, mesh, rules):

@@ -107,7 +107,8 @@ def class_subset(labels: np.ndarray, ratio: float, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(keep))
 
 
-def _labels_of(source) -> np.ndarray:
+def labels_of(source) -> np.ndarray:
+    """All labels of a source (the per-class training subset needs them)."""
     if isinstance(source, ArraySource):
         return source.labels
     if hasattr(source, "labels"):
@@ -202,7 +203,7 @@ def train_dataset(cfg: ml_collections.ConfigDict, info: DataInfo, *, global_batc
     ratio = cfg.get("train_ratio", 1.0)
     if ratio < 1.0:
         source = IndexedSource(
-            source, class_subset(_labels_of(source), ratio, cfg.get("ratio_seed", 0))
+            source, class_subset(labels_of(source), ratio, cfg.get("ratio_seed", 0))
         )
     ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
     ds = ds.random_map(lambda r, rng: preprocess_train(r, rng, cfg, info))
