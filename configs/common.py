@@ -20,6 +20,7 @@ def base(model: dict, objective: dict, data: dict, optimizer: dict) -> ml_collec
     c.mesh = {"data": -1, "fsdp": 1}
     c.sharding_rules = ()  # ((regex, (axis or None, ...)), ...); default replicated
     c.log_every_steps = 50
+    c.tensorboard = False  # True: also TensorBoard event files in <workdir>/tensorboard
     c.checkpoint_every_steps = 500
     c.keep_checkpoints = 2
     c.eval = ml_collections.ConfigDict({
@@ -29,7 +30,10 @@ def base(model: dict, objective: dict, data: dict, optimizer: dict) -> ml_collec
         "corruptions": (),  # e.g. ("gaussian_noise",): swept at eval.severities on the test set
         "severities": (1, 3, 5),
         "use_ema": True,
+        # run dirs of trained baselines, evaluated alongside into one file:
+        "baselines": ml_collections.config_dict.placeholder(tuple),
         "max_examples": 0,  # 0: the whole test split
+        "clean": True,  # False: only the corrupted conditions (benchmarks/robustness.py)
     })  # fmt: skip
     return c
 

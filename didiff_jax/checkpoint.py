@@ -7,18 +7,22 @@ Layout of a workdir::
                                    and ``data_iter`` (the grain iterator position)
 
 Saving is asynchronous (training continues while the previous step is written); the newest
-``keep`` checkpoints are kept. Every process calls ``save``/``restore``, as orbax requires.
+``keep`` checkpoints are kept. Every process calls ``save``/``restore``, as orbax requires; a
+checkpoint written by P processes restores in a run of any other number of processes or devices
+(arrays are resharded; see ``restore`` for the data iterator). A workdir may be remote
+(``gs://bucket/run``): every path goes through ``workdir_path`` (etils.epath), never ``os``.
 """
 
 from __future__ import annotations
 
 import json
-import pathlib
+import os
 
 import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
 from didiff_jax.sharding import path_str
@@ -38,13 +42,18 @@ def manager(workdir: str, *, keep: int = 2, read_only: bool = False) -> ocp.Chec
     return ocp.CheckpointManager(_ckpt_dir(workdir), options=options, item_handlers=handlers)
 
 
+def workdir_path(workdir: str | os.PathLike) -> epath.Path:
+    """The workdir as an ``epath.Path``: a remote URI (``gs://bucket/run``, any ``scheme://``)
+    unchanged, so that reads and writes go to that file system; a local path made absolute
+    (orbax wants absolute paths)."""
+    text = os.fspath(workdir)
+    if "://" in text:
+        return epath.Path(text.rstrip("/"))
+    return epath.Path(text).absolute()
+
+
 def _ckpt_dir(workdir: str) -> str:
-    # orbax wants absolute paths; gs:// paths pass through unchanged.
-    return (
-        workdir.rstrip("/") + "/checkpoints"
-        if "://" in workdir
-        else str(pathlib.Path(workdir).absolute() / "checkpoints")
-    )
+    return str(workdir_path(workdir) / "checkpoints")
 
 
 def save(mgr: ocp.CheckpointManager, step: int, state, data_iter=None, *, force: bool = False):
@@ -68,8 +77,37 @@ def restore(mgr: ocp.CheckpointManager, abstract_state, data_iter=None, *, step:
     _check_compatible(mgr, step, abstract_state, describe)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iter is not None:
-        items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+        own = _iterator_state_from_other_process_count(mgr, step)
+        if own is None:
+            items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+        else:
+            data_iter.set_state(own)
     return mgr.restore(step, args=ocp.args.Composite(**items))["state"]
+
+
+def _iterator_state_from_other_process_count(mgr: ocp.CheckpointManager, step: int):
+    """The data-iterator state for this process when the checkpoint was written by another
+    number of processes (None when it was written by as many as there are now).
+
+    grain saves one ``process_<i>-of-<P>.json`` per process. Process i of P reads blocks i, i + P,
+    ... of B / P consecutive examples (``pipeline.train_dataset``), so its position ``next_index``
+    counts global batches and is the same in every process and for every P: any file gives the
+    position of a run with another number of processes."""
+    folder = epath.Path(mgr.directory) / str(step) / "data_iter"
+    P, p = jax.process_count(), jax.process_index()
+    if not folder.exists() or (folder / f"process_{p}-of-{P}.json").exists():
+        return None
+    saved = sorted(folder.glob("process_*-of-*.json"))
+    states = [json.loads(f.read_text()) for f in saved]
+    if not states:
+        return None
+    positions = {s.get("next_index") for s in states}
+    if any(set(s) != {"next_index"} for s in states) or len(positions) != 1:
+        raise ValueError(
+            f"{folder}: data-iterator states {[f.name for f in saved]} cannot be carried over to "
+            f"{P} processes (expected one equal 'next_index' in each, got {states})"
+        )
+    return states[0]
 
 
 def _check_compatible(mgr, step: int, abstract_state, describe: str) -> None:
@@ -99,13 +137,13 @@ def _check_compatible(mgr, step: int, abstract_state, describe: str) -> None:
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     if jax.process_index() == 0:
-        path = pathlib.Path(workdir) / CONFIG_FILE
+        path = workdir_path(workdir) / CONFIG_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
-    path = pathlib.Path(workdir) / CONFIG_FILE
+    path = workdir_path(workdir) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(
             f"{workdir} is not a didiff_jax run directory: {CONFIG_FILE} is missing "

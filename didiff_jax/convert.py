@@ -102,7 +102,7 @@ def import_checkpoint(state_dict: dict, config: ml_collections.ConfigDict, workd
     load_torch_weights(model, state_dict)
     _, params, rest = nnx.split(model, nnx.Param, ...)
     state = {**state, "params": params, "rest": rest, "opt_state": tx.init(params),
-             "ema": params if state["ema"] else state["ema"]}  # fmt: skip
+             "ema": params if state["ema"] else {}, "ema_rest": rest if state["ema"] else {}}  # fmt: skip
     mgr = checkpoint.manager(workdir)
     if mgr.latest_step() is not None:
         raise SystemExit(f"{workdir} already holds checkpoints; use an empty workdir")

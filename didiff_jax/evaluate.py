@@ -8,6 +8,10 @@ expected calibration error and the top-1 after every sampling step, and writes
 * ``<workdir>/plots/``: accuracy against severity, accuracy against steps, the reliability
   diagram of the default sampler, and the class-probability trajectories of a few test images.
 
+``config.eval.baselines``: run directories of trained baselines (e.g. the ResNet of
+``fashion_mnist_resnet.py``), each evaluated with its own samplers under this run's conditions;
+their records (``"run"`` names the directory) go into the same file and plots.
+
 ``predict(config, workdir, paths)`` classifies image files with the default sampler.
 
 Sampler entries (``config.eval.samplers``), one dict each: ``{"name": "cp", "method": "euler" |
@@ -20,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pathlib
 import time
 from typing import Any
 
@@ -32,7 +35,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from didiff_jax import checkpoint, metrics, optim, plots, samplers, sharding
-from didiff_jax.data import pipeline
+from didiff_jax.data import captions, pipeline
 from didiff_jax.losses import ctmc_schedule, gaussian_schedule
 from didiff_jax.train import host_params, init_train_state
 
@@ -137,7 +140,9 @@ def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, *, step: i
 
 
 def conditions(config: ml_collections.ConfigDict) -> list[tuple[str, int]]:
-    out = [("clean", 0)]
+    """The test conditions: the clean test set (unless ``eval.clean`` is False, e.g. for a model
+    trained on corrupted images and tested only on them) and each corruption x severity."""
+    out = [("clean", 0)] if config.eval.get("clean", True) else []
     for kind in config.eval.get("corruptions", ()):
         out.extend((kind, int(s)) for s in config.eval.get("severities", (1, 3, 5)))
     return out
@@ -150,11 +155,47 @@ def _gather(x: jax.Array) -> np.ndarray:
 def evaluate(
     config: ml_collections.ConfigDict, workdir: str, run: dict | None = None
 ) -> list[dict]:
-    """Run the sweep; write ``eval_results.json`` and the plots; return the records."""
+    """Run the sweep for this run and for each of ``config.eval.baselines`` (run directories of
+    trained baselines, swept under this run's conditions); write one ``eval_results.json`` and the
+    plots; return the records."""
+    if config.data.name in captions.DATA_NAMES:  # text metrics instead of top-1 (captioning.py)
+        from didiff_jax import captioning
+
+        return captioning.evaluate(config, workdir, run=run)
     if run is None:
         graphdef, state, info, mesh = restore_for_eval(config, workdir)
     else:
         graphdef, state, info, mesh = run["graphdef"], run["state"], run["info"], run["mesh"]
+    records, trajectories = sweep(config, graphdef, state, info, mesh, run_dir=workdir)
+    for baseline_dir in config.eval.get("baselines") or ():
+        records += evaluate_baseline(config, baseline_dir)
+    if jax.process_index() == 0:
+        _write(config, workdir, records, trajectories, info)
+    return records
+
+
+def evaluate_baseline(config: ml_collections.ConfigDict, baseline_dir: str) -> list[dict]:
+    """The records of the trained run in ``baseline_dir`` (its own config, model and samplers)
+    under ``config``'s evaluation conditions (corruptions, severities, examples, batch size)."""
+    try:
+        other = checkpoint.read_config(baseline_dir)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"eval.baselines: {baseline_dir} is not a trained run ({e}); train the baseline first, "
+            "e.g. python -m didiff_jax.main --config configs/fashion_mnist_resnet.py "
+            f"--workdir {baseline_dir}"
+        ) from None
+    for key in ("corruptions", "severities", "max_examples", "batch_size"):
+        if key in config.eval:
+            other.eval[key] = config.eval[key]
+    graphdef, state, info, mesh = restore_for_eval(other, baseline_dir)
+    records, _ = sweep(other, graphdef, state, info, mesh, run_dir=baseline_dir)
+    return records
+
+
+def sweep(config: ml_collections.ConfigDict, graphdef, state, info, mesh, *, run_dir: str
+          ) -> tuple[list[dict], dict]:  # fmt: skip
+    """(records, trajectories) of every sampler x steps x condition of ``config.eval``."""
     params, rest = host_params(state, config.eval.get("use_ema", True))
     batch_sharding = sharding.batch_sharding(mesh)
     batch_size = config.eval.get("batch_size", config.batch_size)
@@ -177,7 +218,7 @@ def evaluate(
             labels, mask = _gather(batch["label"]), _gather(batch["mask"])
             for (label, steps), fn in fns.items():
                 probs, traj = fn(params, rest, batch["image"], jax.random.fold_in(key, i))
-                probs, traj = _gather(probs)[mask], np.asarray(jax.device_get(traj))
+                probs, traj = _gather(probs)[mask], _gather(traj)  # [S, B, K] from all processes
                 stats = metrics.batch_stats(jnp.asarray(probs), jnp.asarray(labels[mask]))
                 totals[(label, steps)] = metrics.accumulate(totals.get((label, steps)), stats)
                 correct = (traj.argmax(-1)[:, mask] == labels[mask][None]).sum(axis=1)  # [S]
@@ -187,8 +228,8 @@ def evaluate(
         for (label, steps), total in totals.items():
             result = metrics.finalize(total)
             records.append({
-                "model": config.model.name, "objective": config.objective.name, "sampler": label,
-                "steps": steps, "condition": kind, "severity": severity,
+                "model": config.model.name, "objective": config.objective.name, "run": run_dir,
+                "sampler": label, "steps": steps, "condition": kind, "severity": severity,
                 "top1": result["top1"], "top5": result["top5"], "nll": result["nll"],
                 "ece": result["ece"], "count": int(result["count"]),
                 "top1_per_step": (per_step[(label, steps)] / result["count"]).tolist(),
@@ -198,23 +239,24 @@ def evaluate(
                    key=lambda r: r["top1"])  # fmt: skip
         log.info("eval %s/%d: best %s@%s top1 %.4f (%.0fs)", kind, severity, best["sampler"],
                  best["steps"], best["top1"], time.time() - t0)  # fmt: skip
-        print(f"eval {kind} severity {severity}: best top-1 {best['top1']:.4f} "
-              f"({best['sampler']}, {best['steps']} steps)", flush=True)  # fmt: skip
-    if jax.process_index() == 0:
-        _write(config, workdir, records, trajectories, info)
-    return records
+        if jax.process_index() == 0:
+            print(f"eval {config.model.name} {kind} severity {severity}: best top-1 "
+                  f"{best['top1']:.4f} ({best['sampler']}, {best['steps']} steps)", flush=True)  # fmt: skip
+    return records, trajectories
 
 
 def _write(config, workdir: str, records: list[dict], trajectories: dict, info) -> None:
-    out = pathlib.Path(workdir)
+    out = checkpoint.workdir_path(workdir)  # gs:// too
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval_results.json").write_text(json.dumps({"records": records}, indent=1))
     plot_dir = out / "plots"
     plot_dir.mkdir(exist_ok=True)
     if len({(r["condition"], r["severity"]) for r in records}) > 1:
         plots.plot_accuracy_vs_severity(records, plot_dir / "accuracy_vs_severity.png")
+    clean = [r for r in records if r["condition"] == "clean" and r["run"] == workdir]
+    if not clean:  # eval.clean=False: no clean test set for the steps and reliability plots
+        return
     plots.plot_accuracy_vs_steps(records, plot_dir / "accuracy_vs_steps.png")
-    clean = [r for r in records if r["condition"] == "clean"]
     default = max(clean, key=lambda r: (r["steps"] or 0, r["top1"]))
     plots.plot_reliability(default["reliability"], plot_dir / "reliability.png",
                            title=f"{default['sampler']}, {default['steps']} steps")  # fmt: skip
@@ -228,44 +270,35 @@ def _write(config, workdir: str, records: list[dict], trajectories: dict, info) 
 # -------------------------------------------------------------------------------- predict
 
 
-def _read_image(path: str, info) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if info.image_shape[2] == 1 else "RGB")
-            im = im.resize(info.image_shape[:2][::-1], Image.Resampling.BILINEAR)
-            image = np.asarray(im, np.float32) / 255.0
-    except (OSError, UnidentifiedImageError) as e:
-        raise ValueError(f"{path}: not a readable image ({e})") from None
-    image = image.reshape(info.image_shape)
-    return (image - np.asarray(info.mean, np.float32)) / np.asarray(info.std, np.float32)
-
-
 def predict(config: ml_collections.ConfigDict, workdir: str, paths: list[str]) -> list[dict]:
     """Top-5 classes and predictive entropy for each image file, with the default sampler
-    (the first configured one at its largest number of steps). Unreadable files are reported."""
-    graphdef, state, info, mesh = restore_for_eval(config, workdir)
-    params, rest = host_params(state, config.eval.get("use_ema", True))
-    entry = ml_collections.ConfigDict(config.eval.samplers[0])
-    steps = max(entry.steps) if "steps" in entry else None
-    fn = make_predict_fn(config, graphdef, entry, steps, info.num_classes)
-    results = []
-    for i, path in enumerate(paths):
+    (the first configured one at its largest number of steps). Unreadable files are reported.
+
+    The readable files go through ``didiff_jax.load(workdir).predict`` as one batch with its
+    default key, so this command and the notebook API give the same probabilities."""
+    if config.data.name in captions.DATA_NAMES:  # a sampled caption per image (captioning.py)
+        from didiff_jax import captioning
+
+        return captioning.predict(config, workdir, paths)
+    from didiff_jax import api  # api builds on this module
+
+    trained = api.load(workdir, config=config, use_ema=config.eval.get("use_ema", True))
+    images, results = [], []
+    for path in paths:
         try:
-            image = _read_image(path, info)
+            images.append(api.read_image(path, trained.info.image_shape[2]))
+            results.append({"path": path})
         except ValueError as e:
-            print(f"error: {e}", flush=True)
             results.append({"path": path, "error": str(e)})
+    probs = iter(trained.predict(images) if images else ())
+    for r in results:
+        if "error" in r:
+            print(f"error: {r['error']}", flush=True)
             continue
-        probs, _ = fn(
-            params, rest, jnp.asarray(image[None]), jax.random.fold_in(jax.random.key(0), i)
-        )
-        p = np.asarray(probs[0])
+        p = next(probs)  # [K]
         top = np.argsort(-p)[:5]
         entropy = float(metrics.predictive_entropy(jnp.asarray(p[None]))[0])
-        results.append({"path": path, "top5": [(info.class_names[k], float(p[k])) for k in top],
-                        "entropy": entropy})  # fmt: skip
-        shown = ", ".join(f"{info.class_names[k]} {p[k]:.3f}" for k in top)
-        print(f"{path}: {shown} | entropy {entropy:.3f} nats", flush=True)
+        r.update(top5=[(trained.class_names[k], float(p[k])) for k in top], entropy=entropy)
+        shown = ", ".join(f"{trained.class_names[k]} {p[k]:.3f}" for k in top)
+        print(f"{r['path']}: {shown} | entropy {entropy:.3f} nats", flush=True)
     return results

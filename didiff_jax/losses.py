@@ -7,10 +7,14 @@ A plain ``if`` maps the config name to a builder:
 * ``add``: Gaussian one-hot diffusion (SPEC 2): abar-weighted cross-entropy (coefficient on/off),
   the noise-regression ablation, condition dropout for guidance, feature reuse (encode once, tile).
 * ``mdd``: masked diffusion of the single label (the TDD paper's baseline) on the same network as
-  ``add``; a masked label is the all-zero input vector.
+  ``add``; a masked label is the all-zero input vector. With ``batch["tokens"]`` (captions) every
+  token is masked independently and the network (``caption_mdd``) takes the int tokens.
+* ``tdd``: ``add`` on token sequences (captions, SPEC 2 "Multi-token"): each token of
+  ``batch["tokens"]`` [B, N] is a Gaussian-noised one-hot vector over the vocabulary.
 * ``classifier``: cross-entropy baseline (soft targets when the batch has ``label_probs``).
 
-``batch``: ``image`` [B, H, W, C] float, ``label`` int [B], optional ``label_probs`` [B, K].
+``batch``: ``image`` [B, H, W, C] float, ``label`` int [B], optional ``label_probs`` [B, K]; caption
+batches carry ``tokens`` int [B, N] instead of ``label``.
 The maths comes from ``didiff_jax.diffusion``; this module only wires it to the networks.
 """
 
@@ -93,11 +97,12 @@ def classifier_objective(cfg: ml_collections.ConfigDict, num_classes: int) -> Lo
 def _encode_tiled(model, batch: dict, key: jax.Array, reuse: int, drop_prob: float):
     """Encode each image once, tile the condition ``reuse`` times (feature reuse) and drop it to
     the learned null condition with probability ``drop_prob`` (for classifier-free guidance)."""
-    c = model.encode(batch["image"], train=True)  # [B, D]
-    c = jnp.repeat(c, reuse, axis=0)  # [B * R, D]
+    c = model.encode(batch["image"], train=True)  # [B, D] (or image tokens [B, L, D])
+    c = jnp.repeat(c, reuse, axis=0)  # [B * R, ...]
     if drop_prob > 0:
         drop = jax.random.uniform(key, (c.shape[0],)) < drop_prob
-        c = jnp.where(drop[:, None], model.null_condition(c.shape[0]), c)
+        drop = jnp.reshape(drop, drop.shape + (1,) * (c.ndim - 1))
+        c = jnp.where(drop, model.null_condition(c.shape[0]), c)
     return c
 
 
@@ -135,14 +140,30 @@ def add_objective(cfg: ml_collections.ConfigDict, num_classes: int) -> LossFn:
     return loss_fn
 
 
+def mask_schedule(cfg: ml_collections.ConfigDict) -> D.MaskLinear | D.MaskCosine:
+    """The keep schedule of the masked objective (``linear`` or ``cosine``)."""
+    name = cfg.get("schedule", "linear")
+    if name not in ("linear", "cosine"):
+        raise ValueError(f"objective.schedule of 'mdd' must be 'linear' or 'cosine', got {name!r}")
+    return D.MaskCosine() if name == "cosine" else D.MaskLinear()
+
+
 def mdd_objective(cfg: ml_collections.ConfigDict, num_classes: int) -> LossFn:
-    schedule = D.MaskCosine() if cfg.get("schedule", "linear") == "cosine" else D.MaskLinear()
+    schedule = mask_schedule(cfg)
     reuse = cfg.get("feature_reuse", 1)
     drop_prob = cfg.get("cond_drop_prob", 0.1)
 
     def loss_fn(model, batch, key):
         k_drop, k_t, k_mask = jax.random.split(key, 3)
         c = _encode_tiled(model, batch, k_drop, reuse, drop_prob)
+        if "tokens" in batch:  # captions: per-token masking, loss per token
+            tokens = jnp.repeat(batch["tokens"], reuse, axis=0)  # [B * R, N]
+            t = D.sample_t(k_t, tokens.shape[:1])
+            x_t = D.mask_corrupt(k_mask, tokens, schedule.alpha(t), mask_id=num_classes)
+            logits = model.denoise(x_t, t, c, train=True)  # [B * R, N, V]
+            per_example = D.masked_cross_entropy(logits, tokens, x_t, t, schedule, num_classes)
+            loss = jnp.mean(per_example) / tokens.shape[1]
+            return loss, {"loss": loss}
         labels = jnp.repeat(batch["label"], reuse)
         t = D.sample_t(k_t, labels.shape)
         x_t = D.mask_corrupt(k_mask, labels, schedule.alpha(t), mask_id=num_classes)
@@ -150,6 +171,33 @@ def mdd_objective(cfg: ml_collections.ConfigDict, num_classes: int) -> LossFn:
         logits = model.denoise(y_t, t, c, train=True)
         loss = jnp.mean(D.masked_cross_entropy(logits, labels, x_t, t, schedule, num_classes))
         return loss, {"loss": loss}
+
+    return loss_fn
+
+
+def tdd_objective(cfg: ml_collections.ConfigDict, num_classes: int) -> LossFn:
+    """TDD: ``-abar_t sum_n log p(x_0,n | y_t, c)`` over the N tokens of each caption (one t per
+    caption), reported per token; condition dropout for guidance and feature reuse as in ``add``."""
+    schedule = gaussian_schedule(cfg)
+    reuse = cfg.get("feature_reuse", 1)
+    drop_prob = cfg.get("cond_drop_prob", 0.1)
+    lam = cfg.get("lambda_hot", 1.0)
+    use_coefficient = cfg.get("use_coefficient", True)
+
+    def loss_fn(model, batch, key):
+        k_drop, k_t, k_eps = jax.random.split(key, 3)
+        c = _encode_tiled(model, batch, k_drop, reuse, drop_prob)  # [B * R, L, W]
+        tokens = jnp.repeat(batch["tokens"], reuse, axis=0)  # [B * R, N]
+        targets = jax.nn.one_hot(tokens, num_classes)  # [B * R, N, V]
+        t = schedule.sample_t(k_t, tokens.shape[:1])
+        abar = schedule.abar(t)
+        y_t = D.sample_gaussian_onehot(k_eps, lam * targets, abar)
+        logits = model.denoise(y_t, t, c, train=True)  # [B * R, N, V]
+        per_example = D.weighted_cross_entropy(logits, targets, abar,
+                                               use_coefficient=use_coefficient)  # fmt: skip
+        loss = jnp.mean(per_example) / tokens.shape[1]
+        token_acc = jnp.mean(jnp.argmax(logits, axis=-1) == tokens)
+        return loss, {"loss": loss, "token_acc": token_acc}
 
     return loss_fn
 
@@ -164,6 +212,8 @@ def make_objective(cfg: ml_collections.ConfigDict, num_classes: int) -> LossFn:
         return add_objective(cfg, num_classes)
     if cfg.name == "mdd":
         return mdd_objective(cfg, num_classes)
+    if cfg.name == "tdd":
+        return tdd_objective(cfg, num_classes)
     raise ValueError(
-        f"objective.name must be 'didicm', 'add', 'mdd' or 'classifier', got {cfg.name!r}"
+        f"objective.name must be 'didicm', 'add', 'mdd', 'tdd' or 'classifier', got {cfg.name!r}"
     )

@@ -22,6 +22,12 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, eval results, plots.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"], "What to do.")
 flags.DEFINE_list("images", [], "Image files to classify (--mode predict).")
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Start jax.distributed with cluster auto-detection "
+    "(TPU pod slice, SLURM, ...); see didiff_jax/distributed.py.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -68,15 +74,19 @@ def main(argv: list[str]) -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax and grain are chatty at INFO
     from didiff_jax import distributed
 
-    distributed.initialize()
-    config, workdir = FLAGS.config, FLAGS.workdir
-    if FLAGS.mode == "train":
+    distributed.initialize(requested=FLAGS.distributed)  # before anything touches a device
+    with distributed.exit_on_error():  # multi-process: one failing process ends them all
+        run(FLAGS.mode, FLAGS.config, FLAGS.workdir, images)
+
+
+def run(mode: str, config, workdir: str, images: list[str]) -> None:
+    if mode == "train":
         from didiff_jax import train
 
         train.train_and_evaluate(config, workdir)
-    elif images:
+    elif images and mode != "predict":
         sys.exit(f"error: unexpected arguments {images} (only --mode predict takes images)")
-    elif FLAGS.mode == "eval":
+    elif mode == "eval":
         from didiff_jax import evaluate
 
         evaluate.evaluate(config, workdir)

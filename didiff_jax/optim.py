@@ -69,6 +69,20 @@ def make_optimizer(
     return optax.chain(*chain), lr
 
 
+def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
+    """The EMA decay at optimizer step ``step`` (0-based): ``min(decay, (1 + step) / (10 + step))``,
+    timm's warm-up, so that a short run's EMA is not dominated by its initial weights."""
+    step = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
 def ema_update(ema, params, decay: float):
-    """``ema <- decay * ema + (1 - decay) * params`` (leaf-wise)."""
-    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+    """``ema <- decay * ema + (1 - decay) * params`` for floating leaves; other leaves (RNG keys,
+    counters) take the current value."""
+
+    def update(e, p):
+        if jnp.issubdtype(p.dtype, jnp.floating):
+            return decay * e + (1.0 - decay) * p
+        return p
+
+    return jax.tree.map(update, ema, params)

@@ -2,18 +2,31 @@
 # Set up didiff_jax on this machine: the embedded Fashion-MNIST data (Debian package, when apt is
 # available) and a virtual environment in .venv with the package and the chosen extra.
 #
-#   bash launch/setup_env.sh [EXTRA]     EXTRA: test | cuda | tpu | (none: CPU)
+#   bash launch/setup_env.sh [EXTRA] [--venv DIR] [--python PY]
 #
-# Environment: VENV (default .venv), PYTHON (default python3).
+#   EXTRA    test | cuda (NVIDIA GPUs, CUDA 12) | tpu (Cloud TPU VMs) | tensorboard | torch |
+#            none: CPU                                                        [EXTRA]
+#   --venv   the virtual environment, relative to the repository root       [VENV, .venv]
+#   --python the Python that creates it (>= 3.11)                           [PYTHON, python3]
+# (each setting also from the environment variable in brackets)
 set -euo pipefail
 
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
-  exit 0
-fi
-EXTRA="${1:-}"
+EXTRA="${EXTRA:-}"
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+    --venv) VENV="$2"; shift 2 ;;
+    --python) PYTHON="$2"; shift 2 ;;
+    -*) echo "setup_env.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    *) EXTRA="$1"; shift ;;
+  esac
+done
+case "$EXTRA" in
+  "" | test | cuda | tpu | tensorboard | torch) ;;
+  *) echo "setup_env.sh: unknown extra '$EXTRA' (test, cuda, tpu, tensorboard, torch)" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 
 if command -v apt-get >/dev/null && [[ ! -d /usr/share/datasets/fashion-mnist ]]; then

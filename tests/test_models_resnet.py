@@ -103,3 +103,23 @@ def test_bad_names_and_options():
         create_model("didirn18", num_classes=10, rngs=nnx.Rngs(0), widht=8)
     with pytest.raises(ValueError, match="stem"):
         create_model("resnet18", num_classes=10, rngs=nnx.Rngs(0), stem="cifar")
+
+
+@pytest.mark.parametrize("width,groups", [(64, None), (16, 8), (16, None)])
+def test_conditioning_group_norm_channels_per_group(width, groups):
+    extra = {} if groups is None else {"norm_groups": groups}
+    model = nnx.eval_shape(
+        lambda: create_model("didirn18", num_classes=10, width=width, rngs=nnx.Rngs(0), **extra)
+    )
+    per_group = [
+        blk.cond.norm.scale.get_value().shape[0] // blk.cond.norm.num_groups
+        for stage in (model.layer1, model.layer2, model.layer3, model.layer4)
+        for blk in stage
+    ]
+    # [ref] width 64 with 32 groups: 2, 4, 8, 16 channels per group in the four stages.
+    # norm_groups = 32 * width / 64 keeps that at width 16; the default 32 (capped at the channel
+    # count) gives 1, 1, 2, 4 there.
+    expected = (
+        [1, 1, 1, 1, 2, 2, 4, 4] if width == 16 and groups is None else [2, 2, 4, 4, 8, 8, 16, 16]
+    )
+    assert per_group == expected

@@ -1,11 +1,21 @@
 """Input pipelines on a small in-memory source: subsets, determinism, resumable state, padding."""
 
+import io
+import pathlib
+
 import jax
 import ml_collections
 import numpy as np
+import pytest
+from PIL import Image
 
 from configs import common
-from didiff_jax.data import pipeline
+from didiff_jax.data import fashion_mnist, pipeline
+
+needs_data = pytest.mark.skipif(
+    not pathlib.Path(fashion_mnist.DEBIAN_DIR).is_dir(),
+    reason="dataset-fashion-mnist not installed",
+)
 
 
 def make_source(n=60, k=3, size=28):
@@ -89,3 +99,64 @@ def test_to_global_shards_the_batch(devices):
     out = pipeline.to_global(batch, sharding.batch_sharding(mesh))
     assert len(out["label"].sharding.device_set) == 8
     np.testing.assert_array_equal(np.asarray(jax.device_get(out["label"])), batch["label"])
+
+
+# ------------------------------------------------------------------------- TFDS fashion_mnist
+
+
+def _prepare_fake_tfds_fashion_mnist(data_dir, n: int) -> None:
+    """The real TFDS ``fashion_mnist`` builder (name, version, features), fed the first ``n``
+    items of each split from the IDX files instead of a download, written as ArrayRecord."""
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.image_classification import mnist
+
+    class FakeFashionMNIST(mnist.FashionMNIST, skip_registration=True):
+        name = "fashion_mnist"
+
+        @tfds.core.utils.classproperty
+        @classmethod
+        def code_path(cls):
+            import inspect
+
+            from etils import epath
+
+            return epath.Path(inspect.getfile(mnist.FashionMNIST))
+
+        def _split_generators(self, dl_manager):
+            return {split: self._generate_examples(split) for split in ("train", "test")}
+
+        def _generate_examples(self, split):
+            images, labels = fashion_mnist.load(split)
+            for i in range(n):  # PNG bytes, as TFDS stores them (it encodes arrays with TF)
+                png = io.BytesIO()
+                Image.fromarray(images[i, :, :, 0]).save(png, "PNG")
+                png.seek(0)
+                yield i, {"image": png, "label": int(labels[i])}
+
+    FakeFashionMNIST(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+
+
+@needs_data
+def test_tfds_fashion_mnist_source_matches_the_idx_files(tmp_path):
+    import sys
+
+    _prepare_fake_tfds_fashion_mnist(tmp_path, n=12)
+    cfg = ml_collections.ConfigDict(
+        {"name": "fashion_mnist_tfds", "data_dir": str(tmp_path), "image_size": 28}
+    )
+    for split in ("train", "test"):
+        src, ref = pipeline.load_source(cfg, split), fashion_mnist.load(split)
+        assert len(src) == 12
+        # TFDS stores examples in the order of its key hash: compare as sets of (image, label).
+        pairs = sorted((src.images[i].tobytes(), int(src.labels[i])) for i in range(12))
+        assert pairs == sorted((ref[0][i].tobytes(), int(ref[1][i])) for i in range(12))
+        assert src.images.shape == (12, 28, 28, 1) and src.images.dtype == np.uint8
+    assert pipeline.dataset_info(cfg).num_classes == 10
+    assert "tensorflow" not in sys.modules  # written and read without TensorFlow
+
+
+def test_tfds_fashion_mnist_unprepared_says_how_to_prepare(tmp_path):
+    with pytest.raises(
+        FileNotFoundError, match="tfds build fashion_mnist --file_format=array_record"
+    ):
+        fashion_mnist.load_tfds("train", data_dir=str(tmp_path))

@@ -49,12 +49,23 @@ def leaves(state):
 
 
 def test_smoke_trains_saves_resumes_and_evaluates(tmp_path):
+    # A trained baseline, evaluated on its own and then alongside the DiDiRN into one file.
+    baseline = tiny(fashion_mnist_resnet)
+    train.train_and_evaluate(baseline, str(tmp_path / "resnet"))
+    alone = json.loads((tmp_path / "resnet" / "eval_results.json").read_text())["records"]
     config = tiny(fashion_mnist_didirn)
     config.eval.samplers = [*config.eval.samplers, {"name": "cl", "num_chains": 3, "steps": (2,)}]
+    config.eval.baselines = (str(tmp_path / "resnet"),)
     train.train_and_evaluate(config, str(tmp_path))
+    records = json.loads((tmp_path / "eval_results.json").read_text())["records"]
+    alongside = [r for r in records if r["run"] == str(tmp_path / "resnet")]
+    assert [(r["model"], r["condition"], r["top1"], r["nll"]) for r in alongside] == [
+        (r["model"], r["condition"], r["top1"], r["nll"]) for r in alone
+    ]
+    assert {r["model"] for r in records} == {"resnet18", "didirn18"}
     assert (tmp_path / "config.json").is_file()
     assert checkpoint.manager(str(tmp_path), read_only=True).latest_step() == 4
-    records = json.loads((tmp_path / "eval_results.json").read_text())["records"]
+    records = [r for r in records if r["model"] == "didirn18"]
     assert {(r["sampler"], r["steps"], r["condition"]) for r in records} >= {
         ("cp-euler", 2, "clean"),
         ("cp-analytic", 1, "gaussian_noise"),
@@ -69,11 +80,15 @@ def test_smoke_trains_saves_resumes_and_evaluates(tmp_path):
     # Resume: a longer run continues from step 4 instead of starting again.
     config.num_steps = 6
     config.eval.after_train = False
+    config.tensorboard = True
     train.train_and_evaluate(config, str(tmp_path))
     steps = [
         json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
     ]
     assert steps == [2, 4, 6]
+    # TensorBoard event files (tensorboardX) hold the same scalars from the resumed steps.
+    (events,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+    assert b"train/loss" in events.read_bytes() and b"train/examples_per_s" in events.read_bytes()
 
 
 @pytest.mark.parametrize(
@@ -260,3 +275,18 @@ def test_imagenet_configs_smoke_on_an_image_folder(tmp_path, image_folder, name)
     train.train_and_evaluate(config, str(tmp_path / "run"))
     records = evaluate.evaluate(config, str(tmp_path / "run"))
     assert records and all(r["count"] == 6 for r in records)
+
+
+def test_ema_averages_floating_leaves_and_keeps_keys():
+    key = jax.random.key_data(jax.random.key(3))
+    ema = {"w": jnp.ones(3), "mean": jnp.zeros(2), "count": jnp.array(1, jnp.int32), "rng": key}
+    new = {"w": jnp.full(3, 3.0), "mean": jnp.ones(2), "count": jnp.array(7, jnp.int32),
+           "rng": jax.random.key_data(jax.random.key(4))}  # fmt: skip
+    out = optim.ema_update(ema, new, 0.75)
+    np.testing.assert_allclose(out["w"], 0.75 * 1 + 0.25 * 3)
+    np.testing.assert_allclose(out["mean"], 0.25)
+    assert int(out["count"]) == 7 and np.array_equal(out["rng"], new["rng"])
+    # Warm-up: step 0 keeps 10% of the initial weights, then the decay rises to its cap.
+    np.testing.assert_allclose(optim.ema_decay_at(0, 0.999), 0.1)
+    np.testing.assert_allclose(optim.ema_decay_at(90, 0.999), 91 / 100)
+    np.testing.assert_allclose(optim.ema_decay_at(10**6, 0.999), 0.999)

@@ -3,11 +3,16 @@
 Looked up, in order, in ``data_dir`` (the config's ``data.data_dir``), ``$DIDIFF_FASHION_MNIST``, and
 ``/usr/share/datasets/fashion-mnist`` (Debian's ``dataset-fashion-mnist``). Both the ``.gz`` files
 and their uncompressed forms are accepted. 70,000 28 x 28 grayscale images, 10 classes.
+
+:func:`load_tfds` reads the same data from TFDS ``fashion_mnist`` prepared as ArrayRecord
+(``data.name = "fashion_mnist_tfds"``; ``tfds build fashion_mnist --file_format=array_record`` on a
+machine with internet and TensorFlow, which TFDS's builder needs to prepare, not to read).
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import pathlib
 
@@ -76,3 +81,40 @@ def load(split: str, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarra
             f"{paths[0]} and {paths[1]} disagree: {images.shape[0]} vs {labels.shape[0]}"
         )
     return images[..., None], labels.astype(np.int32)
+
+
+TFDS_MISSING_HELP = """TFDS fashion_mnist is not prepared as ArrayRecord in {data_dir}.
+Prepare it once (needs internet and TensorFlow; reading it later needs neither):
+  tfds build fashion_mnist --file_format=array_record --data_dir={data_dir}
+or use the IDX files instead: data.name='fashion_mnist' (Debian: apt-get install -y dataset-fashion-mnist)."""
+
+
+def load_tfds(split: str, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``images`` uint8 [N, 28, 28, 1] and ``labels`` int32 [N] from TFDS ``fashion_mnist``
+    (``split`` a TFDS split spec, e.g. ``"train"``, ``"test"``, ``"train[:10%]"``). Nothing is
+    downloaded; the whole split is decoded into memory once (70k small PNGs, a few seconds)."""
+    import tensorflow_datasets as tfds  # only for this source
+
+    builder = tfds.builder("fashion_mnist", data_dir=data_dir)
+    formats = builder.info.available_file_formats() if builder.is_prepared() else set()
+    if tfds.core.file_adapters.FileFormat.ARRAY_RECORD not in formats:
+        root = pathlib.Path(builder.data_path).parent.parent
+        raise FileNotFoundError(TFDS_MISSING_HELP.format(data_dir=root))
+    if split.split("[")[0] not in builder.info.splits:
+        raise ValueError(
+            f"TFDS fashion_mnist in {builder.data_path} has no split {split!r}; "
+            f"prepared: {sorted(builder.info.splits)}"
+        )
+    records = tfds.data_source("fashion_mnist", split=split, data_dir=data_dir, download=False,
+                               decoders={"image": tfds.decode.SkipDecoding()})  # fmt: skip
+    examples = records.__getitems__(list(range(len(records))))
+    # PNG decoded with PIL: TFDS's own decoder would import TensorFlow.
+    images = np.stack([_decode_png(e["image"]) for e in examples])
+    labels = np.array([e["label"] for e in examples], np.int32)
+    return images, labels
+
+
+def _decode_png(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("L"), np.uint8)[..., None]  # [28, 28, 1]

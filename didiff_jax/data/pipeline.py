@@ -3,7 +3,8 @@
 Train: source -> (per-class subset for ``data.train_ratio``) -> seeded shuffle, repeat ->
 per-example augmentation and corruption (a ``random_map``: each element gets its own generator
 derived from the seed and its position, so the stream is the same for any number of processes) ->
-this process's slice -> batch -> mixup/cutmix -> ``label_probs`` when targets are soft.
+blocks of B / P examples -> mixup/cutmix, ``label_probs`` when targets are soft -> this process's
+blocks (process p of P holds rows [p B / P, (p + 1) B / P) of every global batch of B).
 Eval: the split padded to a whole number of global batches (``mask`` marks the padding), the same
 observation corruption as training at a chosen severity, deterministic per example.
 
@@ -22,7 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from didiff_jax.data import augment, corruptions, fashion_mnist
+from didiff_jax.data import augment, captions, corruptions, fashion_mnist
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -69,6 +70,10 @@ def load_source(cfg: ml_collections.ConfigDict, split: str):
     """The random-access source of ``split`` ('train' or 'test') for ``cfg.name``."""
     if cfg.name == "fashion_mnist":
         return ArraySource(*fashion_mnist.load(split, cfg.get("data_dir")))
+    if cfg.name == "fashion_mnist_tfds":
+        return ArraySource(*fashion_mnist.load_tfds(split, cfg.get("data_dir") or None))
+    if cfg.name in captions.DATA_NAMES:  # records carry "tokens" [N] (and "index" for 'test')
+        return captions.load_source(cfg, split)
     if cfg.name in ("imagenet_tfds", "imagenet_folder"):
         from didiff_jax.data import imagenet  # TFDS import only when ImageNet is asked for
 
@@ -80,15 +85,19 @@ def load_source(cfg: ml_collections.ConfigDict, split: str):
                              "(DIR/train/<wnid>/*.JPEG, DIR/val/<wnid>/*.JPEG)")  # fmt: skip
         return imagenet.image_folder(cfg.root, "train" if split == "train" else "val",
                                      data_dir=cfg.get("data_dir") or None)  # fmt: skip
-    raise ValueError(f"data.name must be 'fashion_mnist', 'imagenet_tfds' or 'imagenet_folder', "
+    raise ValueError(f"data.name must be 'fashion_mnist', 'fashion_mnist_tfds', 'imagenet_tfds' or "
+                     "'imagenet_folder', "
                      f"got {cfg.name!r}")  # fmt: skip
 
 
 def dataset_info(cfg: ml_collections.ConfigDict) -> DataInfo:
     res = cfg.image_size
-    if cfg.name == "fashion_mnist":
+    if cfg.name in ("fashion_mnist", "fashion_mnist_tfds"):
         return DataInfo(10, fashion_mnist.CLASS_NAMES, (res, res, 1), fashion_mnist.MEAN,
                         fashion_mnist.STD)  # fmt: skip
+    if cfg.name in captions.DATA_NAMES:  # classes = the vocabulary of the training captions
+        vocab, (mean, std) = captions.tokenizer_for(cfg).vocab, captions.mean_std(cfg)
+        return DataInfo(len(vocab), vocab, (res, res, int(cfg.channels)), mean, std)
     if cfg.name in ("imagenet_tfds", "imagenet_folder"):
         from didiff_jax.data import imagenet
 
@@ -132,6 +141,11 @@ def _observe(image: np.ndarray, cfg: ml_collections.ConfigDict, kind: str | None
     return image
 
 
+def _passthrough(record: dict) -> dict:
+    """The record's targets: ``label`` (classification), ``tokens`` and ``index`` (captions)."""
+    return {k: record[k] for k in ("label", "tokens", "index") if k in record}
+
+
 def preprocess_train(record: dict, rng: np.random.Generator, cfg: ml_collections.ConfigDict,
                      info: DataInfo) -> dict:  # fmt: skip
     aug = cfg.augment
@@ -157,20 +171,20 @@ def preprocess_train(record: dict, rng: np.random.Generator, cfg: ml_collections
                                      magnitude=aug.randaugment_magnitude,
                                      magnitude_std=aug.get("randaugment_std", 0.5))  # fmt: skip
     image = _observe(_to_float(image), cfg, cfg.corruption.kind, cfg.corruption.severity, rng)
-    return {"image": _normalise(image, info), "label": record["label"]}
+    return {"image": _normalise(image, info), **_passthrough(record)}
 
 
 def preprocess_eval(record: dict, rng: np.random.Generator, cfg: ml_collections.ConfigDict,
                     info: DataInfo, kind: str | None, severity: int) -> dict:  # fmt: skip
     image = record["image"]
     res = cfg.image_size
-    if cfg.name == "fashion_mnist":
+    if cfg.name in ("fashion_mnist", "fashion_mnist_tfds", *captions.DATA_NAMES):
         if image.shape[:2] != (res, res):
-            image = augment.resize(image, res)
+            image = augment.resize(image, res)  # captions: the whole image, as in training
     else:
         image = augment.resize_for_eval(image, res)
     image = _observe(_to_float(image), cfg, kind, severity, rng)
-    out = {"image": _normalise(image, info), "label": record["label"]}
+    out = {"image": _normalise(image, info), **_passthrough(record)}
     if "mask" in record:
         out["mask"] = record["mask"]
     return out
@@ -207,8 +221,10 @@ def train_dataset(cfg: ml_collections.ConfigDict, info: DataInfo, *, global_batc
         )
     ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
     ds = ds.random_map(lambda r, rng: preprocess_train(r, rng, cfg, info))
-    ds = ds[p::P].batch(global_batch_size // P, drop_remainder=True)
-    ds = ds.random_map(lambda b, rng: _soft_targets(b, rng, cfg, info.num_classes))
+    # Blocks of B / P consecutive examples; process p takes blocks p, p + P, ...: the p-th block of
+    # every global batch, so the global batch (and its order) is the single-process one.
+    ds = ds.batch(global_batch_size // P, drop_remainder=True)
+    ds = ds.random_map(lambda b, rng: _soft_targets(b, rng, cfg, info.num_classes))[p::P]
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.get("num_threads", 2),
                                                 prefetch_buffer_size=4))  # fmt: skip
 
@@ -226,7 +242,7 @@ def eval_dataset(cfg: ml_collections.ConfigDict, info: DataInfo, *, split: str,
     view = IndexedSource(source, order % n, order < n)
     ds = grain.MapDataset.source(view).seed(seed)
     ds = ds.random_map(lambda r, rng: preprocess_eval(r, rng, cfg, info, kind, severity))
-    return ds[p::P].batch(global_batch_size // P, drop_remainder=True)
+    return ds.batch(global_batch_size // P, drop_remainder=True)[p::P]  # as in train_dataset
 
 
 def to_global(batch: dict, sharding: jax.sharding.Sharding) -> dict:

@@ -51,8 +51,11 @@ def _num_groups(channels: int, groups: int = 32) -> int:
 class _Ctx:
     """Construction options threaded through the layers (dtype and init)."""
 
-    def __init__(self, dtype: jnp.dtype, conv_init: Callable, rngs: nnx.Rngs):
+    def __init__(
+        self, dtype: jnp.dtype, conv_init: Callable, rngs: nnx.Rngs, norm_groups: int = 32
+    ):
         self.dtype, self.conv_init, self.rngs = dtype, conv_init, rngs
+        self.norm_groups = norm_groups
 
     def conv(self, cin: int, cout: int, k: int, stride: int = 1) -> nnx.Conv:
         pad = k // 2
@@ -110,7 +113,7 @@ class Conditioning(nnx.Module):
     def __init__(self, channels: int, emb_dim: int, ctx: _Ctx):
         self.emb_proj = torch_linear(emb_dim, channels, rngs=ctx.rngs)
         self.norm = nnx.GroupNorm(
-            channels, num_groups=_num_groups(channels), epsilon=1e-5, rngs=ctx.rngs
+            channels, num_groups=_num_groups(channels, ctx.norm_groups), epsilon=1e-5, rngs=ctx.rngs
         )
         self.dtype = ctx.dtype
 
@@ -178,12 +181,13 @@ class _Backbone(nnx.Module):
         conv_init: Callable,
         emb_dim: int | None,
         rngs: nnx.Rngs,
+        norm_groups: int = 32,
     ):
         if depth not in DEPTHS:
             raise ValueError(f"depth must be one of {sorted(DEPTHS)}, got {depth}")
         if width < 1:
             raise ValueError(f"width must be positive, got {width}")
-        ctx = _Ctx(dtype, conv_init, rngs)
+        ctx = _Ctx(dtype, conv_init, rngs, norm_groups)
         block = BasicBlock if depth < 50 else Bottleneck
         self.dtype = dtype
         self.stem = Stem(stem, in_channels, width, ctx)
@@ -270,7 +274,11 @@ class DiDiRN(_Backbone):
         in_channels: int = 3,
         emb_dim: int = 128,
         dtype: jnp.dtype = jnp.float32,
+        norm_groups: int = 32,
     ):
+        # GroupNorm groups of the conditioning: 32 [ref], or the channel count where a narrow network
+        # has fewer. ``norm_groups=32 * width // 64`` keeps the reference's channels per group
+        # instead (measured on Fashion-MNIST at width 16: 86.87% against 87.31%, see README).
         super().__init__(
             depth,
             num_classes=num_classes,
@@ -281,6 +289,7 @@ class DiDiRN(_Backbone):
             conv_init=torch_default_conv,
             emb_dim=emb_dim,
             rngs=rngs,
+            norm_groups=norm_groups,
         )
         self.num_classes = num_classes
         self.sigma_embed = SigmaEmbedding(emb_dim, rngs)

@@ -1,0 +1,602 @@
+"""Speed of the library: training throughput, sampler latency, and a roofline projection for a GPU.
+
+Three parts, each printing JSON lines and a markdown table:
+
+1. **Training throughput** of the library's own train step (``train.make_train_step``: the DiDiCM or
+   cross-entropy loss, LAMB, the ImageNet recipes of ``configs/imagenet_{didirn50,resnet50}.py``) for
+   DiDiRN-18/50 and ResNet-18/50 (K = 1000, width 64, each with its default stem) at the given sizes,
+   batch sizes doubling from 32 up to what fits, float32 and bfloat16. Memory is XLA's compiled
+   footprint of the step (arguments + outputs + temporaries - donated aliases, from
+   ``compiled.memory_analysis()``); where the device reports it (GPUs, TPUs) also its peak.
+2. **Sampler latency** per image against the number of steps for CP (euler, analytic), CL (10 chains)
+   and ADD (with and without guidance) on the Fashion-MNIST study networks
+   (``configs/fashion_mnist_{didirn,add_vit}.py``), and the share of the chain's time spent outside
+   the network: the same chain with the network replaced by a free stand-in, over the real chain.
+3. **Projection** (``--project``): FLOPs and bytes that XLA's cost analysis counts for the DiDiRN-50
+   224 px bfloat16 train step (at the largest power-of-two batch whose compiled footprint fits the
+   GPU's memory) and for the CP-8 chain, against an H100 SXM's bf16 dense peak and HBM bandwidth.
+   This is a roofline BOUND, a projection, never a measurement: it says how fast the step could be if
+   it ran at the GPU's peak arithmetic or memory rate, whichever binds.
+
+    python benchmarks/throughput.py --quick --project          # what docs/results.md reports (CPU)
+    python benchmarks/throughput.py                            # the whole grid (hours on a CPU)
+    python benchmarks/throughput.py --parts train --sizes 224 --dtypes bfloat16   # on a GPU
+
+``--json FILE`` also writes every row; ``--write-results docs/results.md`` replaces the generated
+block of the "Speed" section there (between ``<!-- speed:TAG:begin -->`` and ``...:end -->``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the configs package lives at the repository root
+    sys.path.insert(0, str(ROOT))
+
+from didiff_jax import losses, optim, samplers, sharding, train  # noqa: E402
+from didiff_jax.data import pipeline  # noqa: E402
+
+H100_SXM = {
+    "name": "NVIDIA H100 SXM (80 GB HBM3)",
+    "peak_flops": 989e12,  # bf16 dense tensor-core peak, FLOP/s
+    "bandwidth": 3.35e12,  # HBM3, bytes/s
+    "memory": 80e9,  # bytes
+}
+"""The GPU the projection is made for (NVIDIA's data-sheet figures)."""
+
+
+# ------------------------------------------------------------------------------- XLA's counts
+
+
+def xla_cost(compiled) -> dict[str, float]:
+    """``{"flops", "bytes"}`` of a compiled computation from XLA's cost analysis.
+
+    XLA counts a ``while`` loop's body once, whatever its trip count (a ``lax.scan`` of S steps is
+    counted as one step); use ``chain_cost`` for a sampler chain.
+    """
+    ca = compiled.cost_analysis()
+    if isinstance(ca, list | tuple):  # older jax: one dict per computation
+        ca = ca[0]
+    return {"flops": float(ca.get("flops", 0.0)), "bytes": float(ca.get("bytes accessed", 0.0))}
+
+
+def chain_cost(lower_chain: Callable[[int], Any], num_steps: int) -> dict[str, float]:
+    """The cost of an ``num_steps``-step chain as ``num_steps`` x the cost of the 1-step chain.
+
+    ``lower_chain(S)`` returns the lowered (not compiled) S-step chain. XLA's cost analysis counts a
+    scan's body once, so the S-step chain itself would report about one step's work.
+    """
+    one = xla_cost(lower_chain(1).compile())
+    return {k: v * num_steps for k, v in one.items()}
+
+
+def footprint_bytes(compiled) -> int:
+    """XLA's compiled memory footprint: arguments + outputs + temporaries - donated aliases."""
+    m = compiled.memory_analysis()
+    return int(
+        m.argument_size_in_bytes
+        + m.output_size_in_bytes
+        + m.temp_size_in_bytes
+        - m.alias_size_in_bytes
+    )
+
+
+def roofline(flops: float, nbytes: float, *, peak_flops: float, bandwidth: float) -> dict:
+    """The roofline bound of a computation of ``flops`` FLOPs touching ``nbytes`` bytes.
+
+    ``compute_s = flops / peak``, ``memory_s = bytes / bandwidth``; the computation cannot take less
+    than ``bound_s = max(compute_s, memory_s)`` on that hardware. ``intensity`` (FLOP/byte) above
+    the ridge ``peak / bandwidth`` means compute-bound.
+    """
+    compute_s, memory_s = flops / peak_flops, nbytes / bandwidth
+    return {
+        "flops": flops,
+        "bytes": nbytes,
+        "intensity": flops / nbytes if nbytes else math.inf,
+        "ridge": peak_flops / bandwidth,
+        "compute_s": compute_s,
+        "memory_s": memory_s,
+        "bound_s": max(compute_s, memory_s),
+        "limited_by": "compute" if compute_s >= memory_s else "memory",
+    }
+
+
+# ------------------------------------------------------------------------------- train step
+
+
+def imagenet_config(kind: str, depth: int, size: int, dtype: str) -> ml_collections.ConfigDict:
+    """The ImageNet config of ``kind`` ('didirn' or 'resnet') at ``depth``, ``size`` px, ``dtype``."""
+    from configs import imagenet_didirn50, imagenet_resnet50
+
+    module = imagenet_didirn50 if kind == "didirn" else imagenet_resnet50
+    c = module.get_config()
+    c.model.name = f"{kind}{depth}"
+    c.model.dtype = dtype
+    c.data.image_size = size
+    c.ema_decay = 0.0  # the reference recipe keeps no EMA
+    return c
+
+
+def imagenet_info(size: int, num_classes: int = 1000) -> pipeline.DataInfo:
+    """ImageNet's data info without reading ImageNet (class names are not needed to time a step)."""
+    return pipeline.DataInfo(num_classes, tuple(str(i) for i in range(num_classes)),
+                             (size, size, 3), pipeline.IMAGENET_MEAN, pipeline.IMAGENET_STD)  # fmt: skip
+
+
+def train_step_program(config: ml_collections.ConfigDict, info: pipeline.DataInfo, batch: int,
+                       *, abstract: bool = False):  # fmt: skip
+    """(jitted train step, state initialiser, a random batch): the library's own step for
+    ``config``. ``abstract``: the batch as shapes only (to lower and count, not to run)."""
+    mesh = sharding.make_mesh(data=1, fsdp=1, devices=jax.devices()[:1])
+    tx, _ = optim.make_optimizer(config.optimizer, 1000)
+    graphdef, _, _, init_fn = train.init_train_state(config, info, tx, mesh, [])
+    loss_fn = losses.make_objective(config.objective, info.num_classes)
+    step = jax.jit(
+        train.make_train_step(graphdef, loss_fn, tx, config.get("ema_decay", 0.0)),
+        donate_argnums=0,
+    )
+    H, W, C = info.image_shape
+    if abstract:
+        data = {"image": jax.ShapeDtypeStruct((batch, H, W, C), jnp.float32),
+                "label": jax.ShapeDtypeStruct((batch,), jnp.int32)}  # fmt: skip
+        return step, init_fn, data
+    k_img, k_lab = jax.random.split(jax.random.key(0))
+    data = {
+        "image": jax.random.normal(k_img, (batch, H, W, C)),  # [B, H, W, C]
+        "label": jax.random.randint(k_lab, (batch,), 0, info.num_classes),  # [B]
+    }
+    return step, init_fn, data
+
+
+def device_peak_bytes() -> int | None:
+    """The device's peak memory in use, where it reports one (GPU, TPU); None on CPU."""
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def measure_train(config, info, batch: int, *, repeats: int, max_bytes: float,
+                  max_step_s: float) -> dict:  # fmt: skip
+    """Compile and time the train step at ``batch``: examples/s from the median of ``repeats`` steps
+    after one warm-up step, in wall time and per CPU-second of this process (``process_time``,
+    all threads: about the same on a busy machine as on an idle one, where wall time is not). Not run when the compiled footprint exceeds ``max_bytes`` or when the
+    warm-up step alone takes longer than ``max_step_s`` (then only the warm-up time is given)."""
+    step, init_fn, data = train_step_program(config, info, batch)
+    state = init_fn()
+    t0 = time.perf_counter()
+    compiled = step.lower(state, data).compile()
+    row = {"compile_s": time.perf_counter() - t0, "footprint_bytes": footprint_bytes(compiled),
+           **{f"xla_{k}": v for k, v in xla_cost(compiled).items()}}  # fmt: skip
+    if row["footprint_bytes"] > max_bytes:
+        return {**row, "status": "does not fit"}
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, data)
+    jax.block_until_ready(metrics)
+    warm = time.perf_counter() - t0
+    if warm > max_step_s:
+        return {**row, "status": f"one step {warm:.0f} s > {max_step_s:.0f} s",
+                "examples_per_s": batch / warm, "timed_steps": 1}  # fmt: skip
+    times, cpu = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        state, metrics = compiled(state, data)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return {**row, "status": "ok", "examples_per_s": batch / statistics.median(times),
+            "examples_per_cpu_s": batch / statistics.median(cpu), "timed_steps": repeats,
+            "device_peak_bytes": device_peak_bytes()}  # fmt: skip
+
+
+def train_grid(args) -> list[dict]:
+    rows = []
+    max_bytes = args.max_gib * 2**30
+    for size in args.sizes:
+        for depth in args.depths:
+            for kind in ("didirn", "resnet"):
+                for dtype in args.dtypes:
+                    config = imagenet_config(kind, depth, size, dtype)
+                    batch = args.min_batch
+                    while batch <= args.max_batch:
+                        if args.batches and batch not in args.batches:
+                            batch *= 2
+                            continue
+                        row = {"part": "train", "model": f"{kind}{depth}", "stem": config.model.stem,
+                               "size": size, "dtype": dtype, "batch": batch}  # fmt: skip
+                        row.update(measure_train(config, imagenet_info(size), batch,
+                                                 repeats=args.repeats, max_bytes=max_bytes,
+                                                 max_step_s=args.max_step_s))  # fmt: skip
+                        rows.append(row)
+                        print(json.dumps(row), flush=True)
+                        if row["status"] != "ok":
+                            break
+                        batch *= 2
+    return rows
+
+
+# ---------------------------------------------------------------------------------- samplers
+
+
+def _best_time(fn, *args, repeats: int) -> tuple[float, float]:
+    """(best wall seconds, best CPU seconds of this process) of ``repeats`` calls after a warm-up."""
+    jax.block_until_ready(fn(*args))  # compile + warm-up
+    wall = cpu = math.inf
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        jax.block_until_ready(fn(*args))
+        wall, cpu = min(wall, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
+    return wall, cpu
+
+
+def study_networks(num_classes: int):
+    """The Fashion-MNIST study's DiDiRN-18 and ADD-ViT (random weights: speed only) and their
+    configs."""
+    from configs import fashion_mnist_add_vit, fashion_mnist_didirn
+
+    nets = {}
+    for name, module in (("didicm", fashion_mnist_didirn), ("add", fashion_mnist_add_vit)):
+        config = module.get_config()
+        info = pipeline.dataset_info(config.data)
+        info = pipeline.DataInfo(num_classes, tuple(map(str, range(num_classes))),
+                                 info.image_shape, info.mean, info.std)  # fmt: skip
+        nets[name] = (train.build_model(config, info, nnx.Rngs(0)), config, info)
+    return nets
+
+
+SAMPLERS = (
+    ("CP euler", "didicm", {"method": "euler"}),
+    ("CP analytic", "didicm", {"method": "analytic"}),
+    ("CL euler, 10 chains", "didicm", {"method": "euler", "num_chains": 10}),
+    ("ADD argmax", "add", {"guidance_scale": 1.0}),
+    ("ADD argmax, guidance 2", "add", {"guidance_scale": 2.0}),
+)
+"""(label, network, options) of each timed sampler."""
+
+
+def sampler_chains(kind: str, options: dict, model, config, num_classes: int, num_steps: int):
+    """``(chain(images, key), null_chain(images, key), network_only(images, key))`` jitted: the
+    sampler with the real network, with a free stand-in network, and the network evaluations alone
+    (as many as the chain makes)."""
+    graphdef, state = nnx.split(model)
+    K = num_classes
+    if kind == "didicm":
+        sched = losses.ctmc_schedule(config.objective)
+        chains = options.get("num_chains")
+        sample = functools.partial(
+            samplers.cl_sample if chains else samplers.cp_sample, num_classes=K,
+            num_steps=num_steps, schedule=sched, method=options["method"],
+            **({"num_chains": chains} if chains else {}),
+        )  # fmt: skip
+
+        def chain(images, key):
+            m = nnx.merge(graphdef, state)
+            return sample(lambda i, x, s: m(i, x, s, train=False), images, key)
+
+        def null_chain(images, key):
+            base = jnp.mean(images, axis=(1, 2, 3))[:, None] * jnp.arange(K)  # [B, K], cheap
+            base = jnp.tile(base, (chains or 1, 1))  # CL queries B x num_chains labels at once
+
+            def score_fn(imgs, x_t, sigma):  # the network contract's shapes, no network
+                ls = base / (1.0 + sigma[:, None])  # [B', K]
+                return ls.at[jnp.arange(x_t.shape[0]), x_t].set(0.0)
+
+            return sample(score_fn, images, key)
+
+        evals = num_steps * (chains or 1)
+
+        def network_only(images, key):
+            m = nnx.merge(graphdef, state)
+            imgs = jnp.tile(images, (chains or 1, 1, 1, 1))
+            B = imgs.shape[0]
+            x = jax.random.randint(key, (B,), 0, K)
+
+            def body(acc, s):
+                return acc + m(imgs, x, jnp.full((B,), s), train=False).sum(), None
+
+            return jax.lax.scan(body, 0.0, jnp.linspace(0.1, 5.0, num_steps))[0]
+
+        return jax.jit(chain), jax.jit(null_chain), jax.jit(network_only), evals
+
+    sched = losses.gaussian_schedule(config.objective)
+    g = options["guidance_scale"]
+    sample = functools.partial(samplers.onehot_sample, num_classes=K, num_steps=num_steps,
+                               schedule=sched, to_one="argmax", guidance_scale=g)  # fmt: skip
+
+    def chain(images, key):
+        m = nnx.merge(graphdef, state)
+        c = m.encode(images, train=False)
+        null = m.null_condition(c.shape[0]) if g != 1.0 else None
+        return sample(lambda y, t, cc: m.denoise(y, t, cc, train=False), c, key, null_cond=null)
+
+    def null_chain(images, key):
+        c = jnp.mean(images, axis=(1, 2))[:, :1] * jnp.arange(K)  # [B, K], cheap
+
+        def logits_fn(y, t, cc):
+            return cc + 0.1 * y * t[:, None]
+
+        return sample(logits_fn, c, key, null_cond=jnp.zeros_like(c) if g != 1.0 else None)
+
+    evals = num_steps * (2 if g != 1.0 else 1)
+
+    def network_only(images, key):
+        m = nnx.merge(graphdef, state)
+        c = m.encode(images, train=False)
+        B = c.shape[0]
+        y = jax.random.normal(key, (B, K))
+
+        def body(acc, t):
+            return acc + m.denoise(y, jnp.full((B,), t), c, train=False).sum(), None
+
+        return jax.lax.scan(body, 0.0, jnp.linspace(1.0, 0.1, evals))[0]
+
+    return jax.jit(chain), jax.jit(null_chain), jax.jit(network_only), evals
+
+
+def sampler_grid(args) -> list[dict]:
+    nets = study_networks(args.sampler_classes)
+    rows = []
+    key = jax.random.key(1)
+    for label, kind, options in SAMPLERS:
+        model, config, info = nets[kind]
+        H, W, C = info.image_shape
+        images = jax.random.normal(jax.random.key(0), (args.sampler_batch, H, W, C))
+        for S in args.sampler_steps:
+            chain, null_chain, network_only, evals = sampler_chains(
+                kind, options, model, config, args.sampler_classes, S
+            )
+            (t_chain, c_chain), (t_null, c_null), (t_net, c_net) = (
+                _best_time(fn, images, key, repeats=args.repeats)
+                for fn in (chain, null_chain, network_only)
+            )
+            B = args.sampler_batch
+            row = {"part": "sampler", "sampler": label, "network": config.model.name,
+                   "classes": args.sampler_classes, "batch": B, "steps": S,
+                   "network_evals": evals, "ms_per_image": 1e3 * t_chain / B,
+                   "cpu_ms_per_image": 1e3 * c_chain / B, "outside_share": c_null / c_chain,
+                   "network_only_cpu_ms_per_image": 1e3 * c_net / B}  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+# -------------------------------------------------------------------------------- projection
+
+
+def projection(args) -> list[dict]:
+    """The roofline PROJECTION of the DiDiRN-50 224 px bfloat16 train step and CP-8 chain on the GPU
+    of ``H100_SXM``, from XLA's counts on this machine's compiler."""
+    gpu = H100_SXM
+    config = imagenet_config("didirn", 50, 224, "bfloat16")
+    info = imagenet_info(224)
+
+    def compiled_step(batch):
+        step, init_fn, data = train_step_program(config, info, batch, abstract=True)
+        abstract = jax.eval_shape(init_fn)
+        return step.lower(abstract, data).compile()
+
+    batch = args.project_batch
+    if not batch:  # the largest power of two whose footprint fits 90% of the GPU's memory
+        f32, f64 = footprint_bytes(compiled_step(32)), footprint_bytes(compiled_step(64))
+        per_example, fixed = (f64 - f32) / 32, 2 * f32 - f64
+        fits = (0.9 * gpu["memory"] - fixed) / per_example
+        batch = 2 ** int(math.floor(math.log2(max(fits, 1))))
+        print(json.dumps({"part": "project", "footprint_32": f32, "footprint_64": f64,
+                          "chosen_batch": batch}), flush=True)  # fmt: skip
+    compiled = compiled_step(batch)
+    cost = xla_cost(compiled)
+    rows = [{"part": "project", "what": "DiDiRN-50 train step (LAMB), 224 px, bfloat16",
+             "batch": batch, "footprint_bytes": footprint_bytes(compiled),
+             **roofline(cost["flops"], cost["bytes"], peak_flops=gpu["peak_flops"],
+                        bandwidth=gpu["bandwidth"])}]  # fmt: skip
+
+    model = train.build_model(config, info, nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    images = jax.ShapeDtypeStruct((batch, 224, 224, 3), jnp.float32)
+
+    def lower_chain(S):
+        def chain(state, images, key):
+            m = nnx.merge(graphdef, state)
+            return samplers.cp_sample(lambda i, x, s: m(i, x, s, train=False), images, key,
+                                      num_classes=1000, num_steps=S, method="euler")  # fmt: skip
+
+        return jax.jit(chain).lower(state, images, jax.random.key(0))
+
+    cost = chain_cost(lower_chain, 8)
+    rows.append({"part": "project", "what": "DiDiRN-50 CP-8 chain (euler), 224 px, bfloat16",
+                 "batch": batch, **roofline(cost["flops"], cost["bytes"],
+                                            peak_flops=gpu["peak_flops"],
+                                            bandwidth=gpu["bandwidth"])})  # fmt: skip
+    for r in rows:
+        r["images_per_s_bound"] = r["batch"] / r["bound_s"]
+        print(json.dumps(r), flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------------------ tables
+
+
+def machine() -> str:
+    """A one-line description of this machine."""
+    dev = jax.devices()[0]
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{dev.platform} ({dev.device_kind}); host {cpu}, {os.cpu_count()} cores; jax {jax.__version__}"
+
+
+def _gib(b) -> str:
+    return "-" if b is None else f"{b / 2**30:.2f} GiB"
+
+
+def markdown(rows: list[dict]) -> str:
+    out = []
+    train_rows = [r for r in rows if r["part"] == "train"]
+    if train_rows:
+        out += ["Training throughput (the library's train step, K = 1000, width 64; memory = XLA's "
+                "compiled footprint of the step):", "",
+                "| model | stem | px | dtype | batch | examples/s | examples / CPU-s | memory | "
+                "GFLOP/example (XLA) | status |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in train_rows:
+            eps = f"{r['examples_per_s']:.1f}" if "examples_per_s" in r else "-"
+            epc = f"{r['examples_per_cpu_s']:.1f}" if "examples_per_cpu_s" in r else "-"
+            out.append(f"| {r['model']} | {r['stem']} | {r['size']} | {r['dtype']} | {r['batch']} "
+                       f"| {eps} | {epc} | {_gib(r['footprint_bytes'])} | "
+                       f"{r['xla_flops'] / r['batch'] / 1e9:.2f} | {r['status']} |")  # fmt: skip
+        out.append("")
+    sampler_rows = [r for r in rows if r["part"] == "sampler"]
+    if sampler_rows:
+        r0 = sampler_rows[0]
+        out += [f"Sampler latency (batch {r0['batch']}, K = {r0['classes']}, the Fashion-MNIST study "
+                "networks; outside = CPU time of the chain with a free stand-in network over that "
+                "of the real chain):", "",
+                "| sampler | network | steps | network evals | ms / image (wall) | CPU ms / image "
+                "| outside the network | network alone, CPU ms / image |",
+                "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in sampler_rows:
+            out.append(f"| {r['sampler']} | {r['network']} | {r['steps']} | {r['network_evals']} | "
+                       f"{r['ms_per_image']:.3f} | {r['cpu_ms_per_image']:.3f} | "
+                       f"{100 * r['outside_share']:.1f}% | "
+                       f"{r['network_only_cpu_ms_per_image']:.3f} |")  # fmt: skip
+        out.append("")
+    proj = [r for r in rows if r["part"] == "project" and "what" in r]
+    if proj:
+        g = H100_SXM
+        out += [f"PROJECTION for {g['name']} (roofline bound from XLA's counts on this machine's "
+                f"compiler, NOT a measurement; {g['peak_flops'] / 1e12:.0f} TFLOP/s bf16 dense, "
+                f"{g['bandwidth'] / 1e12:.2f} TB/s). Compute term = FLOPs / peak, memory term = bytes "
+                "/ bandwidth, bound = the larger:", "",
+                "| computation | batch | GFLOP / image | GB / image | FLOP / byte (ridge) | "
+                "compute term, ms | memory term, ms | bound by | images/s at most (roofline) | "
+                "images/s at most (compute only) |",
+                "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in proj:
+            out.append(f"| {r['what']} | {r['batch']} | {r['flops'] / r['batch'] / 1e9:.1f} | "
+                       f"{r['bytes'] / r['batch'] / 1e9:.3f} | {r['intensity']:.0f} "
+                       f"({r['ridge']:.0f}) | {1e3 * r['compute_s']:.1f} | "
+                       f"{1e3 * r['memory_s']:.1f} | {r['limited_by']} | "
+                       f"{r['images_per_s_bound']:,.0f} | {r['batch'] / r['compute_s']:,.0f} |")  # fmt: skip
+        out.append("")
+    return "\n".join(out)
+
+
+def write_block(path: pathlib.Path, section: str, tag: str, body: str, intro: str = "") -> None:
+    """Put ``body`` between ``<!-- {section}:{tag}:begin -->`` and ``...:end -->`` in ``path``,
+    under the heading ``## {Section}`` (added at the end, with ``intro``, if missing). Only that
+    block changes; the rest of the file is kept byte for byte."""
+    begin, end = f"<!-- {section}:{tag}:begin -->", f"<!-- {section}:{tag}:end -->"
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    text = path.read_text() if path.exists() else "# Results\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        heading = f"## {section[0].upper()}{section[1:].replace('-', ' ')}"
+        if heading not in text:
+            text = text.rstrip() + f"\n\n{heading}\n\n" + (f"{intro.rstrip()}\n\n" if intro else "")
+        # insert at the end of this section (before the next "## " heading, if any)
+        start = text.index(heading) + len(heading)
+        nxt = text.find("\n## ", start)
+        if nxt == -1:
+            text = text.rstrip() + "\n\n" + block + "\n"
+        else:
+            text = text[:nxt].rstrip() + "\n\n" + block + "\n" + text[nxt:]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text if text.endswith("\n") else text + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="18/50 at 32 px, batch 32 and 64, f32/bf16; CP/CL/ADD at 1 and 8 steps")  # fmt: skip
+    parser.add_argument("--parts", nargs="+", default=["train", "sampler"],
+                        choices=["train", "sampler", "project"])  # fmt: skip
+    parser.add_argument("--project", action="store_true", help="also the GPU projection")
+    parser.add_argument("--depths", type=int, nargs="+", default=[18, 50])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 224])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--min-batch", type=int, default=32)
+    parser.add_argument("--max-batch", type=int, default=1024)
+    parser.add_argument("--batches", type=int, nargs="*", default=None,
+                        help="only these batch sizes (default: 32, 64, ... up to what fits)")  # fmt: skip
+    parser.add_argument("--max-gib", type=float, default=None,
+                        help="memory that counts as fitting (default: the device's, or half the RAM)")  # fmt: skip
+    parser.add_argument("--max-step-s", type=float, default=120.0,
+                        help="stop growing the batch once one step takes longer (CPU practicality)")  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sampler-steps", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--sampler-batch", type=int, default=64)
+    parser.add_argument("--sampler-classes", type=int, default=10)
+    parser.add_argument("--project-batch", type=int, default=0,
+                        help="batch of the projection (0: the largest that fits the GPU)")  # fmt: skip
+    parser.add_argument("--json", default="", help="also write all rows to this file")
+    parser.add_argument("--write-results", default="",
+                        help="replace the generated Speed block of this markdown file")  # fmt: skip
+    parser.add_argument("--from-json", default="",
+                        help="measure nothing: render the tables of a --json file of an earlier run")  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.from_json:
+        saved = json.loads(pathlib.Path(args.from_json).read_text())
+        render(saved["rows"], saved["machine"], saved["command"], saved["wall_s"],
+               args.write_results, quick="--quick" in saved["command"])  # fmt: skip
+        return
+    if args.quick:
+        args.sizes, args.batches, args.max_batch = [32], [32, 64], 64
+        args.sampler_steps, args.repeats = [1, 8], 2
+    if args.project and "project" not in args.parts:
+        args.parts.append("project")
+    if args.max_gib is None:
+        limit = (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+        if limit is None:
+            limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2
+        args.max_gib = limit / 2**30
+
+    t0 = time.time()
+    rows = []
+    if "train" in args.parts:
+        rows += train_grid(args)
+    if "sampler" in args.parts:
+        rows += sampler_grid(args)
+    if "project" in args.parts:
+        rows += projection(args)
+    wall = time.time() - t0
+    command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps({"machine": machine(), "command": command,
+                                                       "wall_s": wall, "rows": rows}, indent=1))  # fmt: skip
+    render(rows, machine(), command, wall, args.write_results, quick=args.quick)
+
+
+def render(rows: list[dict], host: str, command: str, wall: float, results: str, *,
+           quick: bool) -> None:  # fmt: skip
+    """Print the tables; with ``results``, also replace the Speed block (tag quick/full) there."""
+    header = f"{host}; {wall / 60:.1f} min wall for the whole command.\n\n    {command}\n"
+    table = markdown(rows)
+    print("\n" + header + "\n" + table)
+    if results:
+        write_block(pathlib.Path(results), "speed", "quick" if quick else "full",
+                    header + "\n" + table)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

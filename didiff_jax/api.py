@@ -1,0 +1,492 @@
+"""Notebook use: load a trained run and sample its posteriors in a few lines.
+
+::
+
+    import didiff_jax
+
+    trained = didiff_jax.load("runs/fmnist_didirn")        # config.json + latest checkpoint (EMA)
+    probs = trained.predict(images)                         # [B, K], the run's default sampler
+    probs, traj = trained.predict(images, sampler="cl", num_steps=4, return_trajectory=True)
+
+``images`` are uint8 in [0, 255] or floats in [0, 1]: one image (H x W or H x W x C), a batch
+(B x H x W x C), or a list of images of any sizes; ``trained.preprocess`` resizes and normalises them
+as the run's evaluation did. The network is also a plain function of arrays, so the samplers take it
+as they take any other (a new key or new images of the same shape do not retrace)::
+
+    sample = jax.jit(functools.partial(samplers.cp_sample, trained.score_fn,
+                                       num_classes=trained.num_classes, num_steps=8,
+                                       schedule=trained.schedule))
+    probs = sample(trained.preprocess(images), key)
+
+The functions of a run: DiDiCM ``score_fn(images, x_t, sigma) -> log_score [B, K]``; ADD/TDD
+``encode(images) -> cond`` and ``logits_fn(y_t, t, cond) -> logits [B, (N,) K]``; MDD
+``logits_fn(x_t, t, cond)`` on int labels/tokens (``K`` = mask); ``null_condition(B)`` for
+classifier-free guidance. A caption run's ``predict`` returns per-token probabilities [B, N, V].
+
+A network of your own plugs in the same way: :func:`bind` turns any NNX module with the network
+contract into such a function (a Flax linen module is ``functools.partial(module.apply, variables)``
+already)::
+
+    score_fn = bind(my_module)                 # my_module(images, x_t, sigma, train=False)
+    probs = samplers.cp_sample(score_fn, images, key, num_classes=10, num_steps=8)
+
+``load`` rebuilds the model from the run's ``config.json`` (or a config you pass, e.g. with
+overrides) and restores the checkpoint onto the local devices; nothing of the training loop runs.
+``python -m didiff_jax.main --mode predict`` goes through :meth:`Trained.predict`, so the two agree.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import pathlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from didiff_jax import checkpoint, evaluate, samplers, sharding
+from didiff_jax.data import pipeline
+from didiff_jax.losses import ctmc_schedule, gaussian_schedule, mask_schedule
+from didiff_jax.train import host_params
+
+# The samplers each objective's network can drive ("classifier": the baselines' softmax).
+SAMPLERS = {"didicm": ("cp", "cl"), "add": ("onehot",), "tdd": ("onehot",), "mdd": ("masked",),
+            "classifier": ("classifier",)}  # fmt: skip
+
+
+# ------------------------------------------------------------------------ networks as functions
+
+
+class NetworkFn:
+    """A module's forward as a plain function of arrays: ``fn(*args) = call(module, *args)``.
+
+    Calling it rebuilds the module from ``(graphdef, state)`` (free under ``jax.jit``) and applies
+    ``call``. It is also a pytree whose leaves are the module's state, so it can be passed *into*
+    ``jax.jit`` as an argument (the parameters are then inputs of the compiled chain, not constants
+    baked into it) as well as closed over with ``functools.partial``.
+    """
+
+    def __init__(self, graphdef: nnx.GraphDef, state: nnx.State, call: Callable[..., Any]):
+        self.graphdef, self.state, self.call = graphdef, state, call
+
+    def __call__(self, *args: Any) -> Any:
+        return self.call(nnx.merge(self.graphdef, self.state), *args)
+
+    def __repr__(self) -> str:
+        return f"NetworkFn({getattr(self.call, '__name__', self.call)})"
+
+
+jax.tree_util.register_pytree_node(
+    NetworkFn,
+    lambda f: ((f.state,), (f.graphdef, f.call)),
+    lambda aux, children: NetworkFn(aux[0], children[0], aux[1]),
+)
+
+
+def _forward(module: nnx.Module, *args: Any) -> jax.Array:
+    return module(*args, train=False)
+
+
+def bind(module: nnx.Module, call: Callable[..., Any] | None = None) -> NetworkFn:
+    """``module`` as the function the samplers take: by default ``module(*args, train=False)``
+    (the network contract: ``score_fn(images, x_t, sigma)``); ``call(module, *args)`` picks
+    another method, e.g. ``lambda m, y, t, c: m.denoise(y, t, c, train=False)``.
+
+    The module's state is captured as it is now (later in-place changes are not seen).
+    """
+    if not isinstance(module, nnx.Module):
+        raise TypeError(f"bind() takes an nnx.Module, got {type(module).__name__}")
+    graphdef, state = nnx.split(module)
+    return NetworkFn(graphdef, state, call or _forward)
+
+
+def _denoise(module: nnx.Module, y_t: jax.Array, t: jax.Array, cond: Any) -> jax.Array:
+    return module.denoise(y_t, t, cond, train=False)
+
+
+def _denoise_label(module: nnx.Module, x_t: jax.Array, t: jax.Array, cond: Any) -> jax.Array:
+    """MDD on the one-hot ADD head: int labels in [0, K] as one-hot rows (the mask K: all zero)."""
+    return module.denoise(jax.nn.one_hot(x_t, module.num_classes), t, cond, train=False)
+
+
+def _encode(module: nnx.Module, images: jax.Array) -> Any:
+    return module.encode(images, train=False)
+
+
+def _null_condition(module: nnx.Module, batch_size: int) -> Any:
+    return module.null_condition(batch_size)
+
+
+# ------------------------------------------------------------------------------------ loading
+
+
+def _as_config(config: ml_collections.ConfigDict | str) -> ml_collections.ConfigDict:
+    """A ConfigDict, or the config file ``path.py[:variant]`` it names."""
+    if isinstance(config, ml_collections.ConfigDict):
+        return copy.deepcopy(config)
+    path, _, arg = str(config).partition(":")
+    if not pathlib.Path(path).is_file():
+        raise FileNotFoundError(f"config file {path} not found (expected configs/<name>.py)")
+    spec = importlib.util.spec_from_file_location("_didiff_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+def _check_run_dir(workdir: str, step: int | None) -> None:
+    """Fail early, saying what a run directory holds, for a missing or foreign ``workdir``."""
+    if "://" in workdir:  # remote (gs://): orbax reports what is missing
+        return
+    root = pathlib.Path(workdir)
+    expected = (f"expected a run directory written by `python -m didiff_jax.main --workdir "
+                f"{workdir}`: {checkpoint.CONFIG_FILE} and checkpoints/<step>/")  # fmt: skip
+    if not root.is_dir():
+        raise FileNotFoundError(f"{workdir} does not exist; {expected}")
+    if not (root / checkpoint.CONFIG_FILE).is_file():
+        found = sorted(p.name for p in root.iterdir())[:8]
+        raise FileNotFoundError(f"{workdir} is not a didiff_jax run (no {checkpoint.CONFIG_FILE}; "
+                                f"found {found}); {expected}")  # fmt: skip
+    steps = sorted(int(p.name) for p in (root / "checkpoints").glob("*") if p.name.isdigit())
+    if not steps:
+        raise FileNotFoundError(f"{workdir} has {checkpoint.CONFIG_FILE} but no checkpoint: "
+                                f"{expected} (has the run saved its first checkpoint yet?)")  # fmt: skip
+    if step is not None and step not in steps:
+        raise FileNotFoundError(f"{workdir} has no checkpoint of step {step}; saved steps: {steps}")
+
+
+def _read_run_config(workdir: str) -> ml_collections.ConfigDict:
+    try:
+        config = checkpoint.read_config(workdir)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{workdir}/{checkpoint.CONFIG_FILE} is not JSON ({e})") from None
+    missing = [k for k in ("model", "objective", "data", "eval") if k not in config]
+    if missing:
+        raise ValueError(f"{workdir}/{checkpoint.CONFIG_FILE} is not a didiff_jax run config: "
+                         f"missing {missing} (expected the config `main` writes)")  # fmt: skip
+    return config
+
+
+def _local_mesh(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The run's mesh if it fits the local devices, else all of them on the data axis."""
+    n = jax.device_count()
+    data, fsdp = int(config.mesh.get("data", -1)), int(config.mesh.get("fsdp", 1))
+    fits = (data * fsdp == n) or (data == -1 and fsdp > 0 and n % fsdp == 0) or (
+        fsdp == -1 and data > 0 and n % data == 0)  # fmt: skip
+    if not fits:
+        config.mesh = {"data": -1, "fsdp": 1}
+    return config
+
+
+def _summary(config: ml_collections.ConfigDict) -> str:
+    return (f"model {config.model.get('name')} / objective {config.objective.get('name')} / "
+            f"data {config.data.get('name')}")  # fmt: skip
+
+
+def load(workdir: str | os.PathLike, *, step: int | None = None, use_ema: bool = True,
+         config: ml_collections.ConfigDict | str | None = None) -> Trained:  # fmt: skip
+    """The trained run in ``workdir``, ready to sample.
+
+    Args:
+      workdir: a run directory (``config.json`` and ``checkpoints/<step>/``, as written by
+        ``python -m didiff_jax.main``).
+      step: the checkpoint to restore (default: the latest).
+      use_ema: the EMA parameters when the run keeps them (as its evaluation does).
+      config: rebuild the model from this config (a ConfigDict or ``"configs/x.py[:variant]"``)
+        instead of the run's ``config.json``; it must describe the same network.
+
+    Raises:
+      FileNotFoundError: ``workdir`` is missing or not a run directory (the message says what was
+        expected there), or has no checkpoint of ``step``.
+      checkpoint.CheckpointMismatch: the checkpoint does not fit the config's network; the message
+        names both configs and lists the differing parameters.
+    """
+    workdir = os.fspath(workdir)
+    _check_run_dir(workdir, step)
+    saved = _read_run_config(workdir)
+    config = _local_mesh(_as_config(config) if config is not None else copy.deepcopy(saved))
+    try:
+        graphdef, state, info, mesh = evaluate.restore_for_eval(config, workdir, step=step)
+    except checkpoint.CheckpointMismatch as e:
+        if config.model.to_dict() != saved.model.to_dict():
+            head = (f"cannot load {workdir} with the given config ({_summary(config)}): the run "
+                    f"was trained with {workdir}/config.json ({_summary(saved)})")  # fmt: skip
+        else:
+            head = (f"the checkpoint in {workdir}/checkpoints does not fit the model of "
+                    f"{workdir}/config.json ({_summary(saved)}): was it copied from another run, "
+                    "or written by another version of didiff_jax?")  # fmt: skip
+        raise checkpoint.CheckpointMismatch(f"{head}\n{e}") from None
+    params, rest = host_params(state, use_ema)
+    return Trained(config, graphdef, params, rest, info, mesh, workdir=workdir,
+                   step=int(state["step"]), used_ema=use_ema and bool(state["ema"]))  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------ Trained
+
+
+class Trained:
+    """A restored run: its config, network (as functions for the samplers), preprocessing and
+    ``predict``. Built by :func:`load`.
+
+    Attributes:
+      config: the run's config (``mesh`` adapted to the local devices if needed).
+      model: the network (an ``nnx.Module``, EMA parameters if ``used_ema``).
+      info: the data's ``DataInfo`` (``num_classes``, ``class_names``, ``image_shape``, ...).
+      num_classes, class_names: K (the vocabulary size V for captions) and their names.
+      seq_len: N for a caption run, else None.
+      schedule: the run's noise schedule, to pass to the samplers (None for a classifier).
+      score_fn: DiDiCM ``score_fn(images, x_t, sigma) -> log_score [B, K]`` (else None).
+      encode, logits_fn, null_condition: ADD/TDD/MDD ``encode(images) -> cond``,
+        ``logits_fn(y_t, t, cond) -> logits`` and ``null_condition(B)`` (else None).
+      step, workdir, used_ema: which checkpoint this is.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, graphdef: nnx.GraphDef, params, rest,
+                 info: pipeline.DataInfo, mesh: jax.sharding.Mesh, *, workdir: str, step: int,
+                 used_ema: bool):  # fmt: skip
+        self.config, self.info, self.mesh = config, info, mesh
+        self.workdir, self.step, self.used_ema = workdir, step, used_ema
+        self._graphdef, self._params, self._rest = graphdef, params, rest
+        self.model = nnx.merge(graphdef, params, rest)
+        self.num_classes, self.class_names = info.num_classes, tuple(info.class_names)
+        self.objective = str(config.objective.name)
+        if self.objective not in SAMPLERS:
+            raise ValueError(f"objective {self.objective!r} of {workdir} has no sampler here; "
+                             f"known: {sorted(SAMPLERS)}")  # fmt: skip
+        self.seq_len = int(config.model.seq_len) if "seq_len" in config.model else None
+        self.score_fn = self.encode = self.logits_fn = self.null_condition = None
+        self.schedule = None
+        if self.objective == "didicm":
+            self.score_fn = bind(self.model)
+            self.schedule = ctmc_schedule(config.objective)
+        elif self.objective != "classifier":
+            self.encode = bind(self.model, _encode)
+            self.null_condition = bind(self.model, _null_condition)
+            tokens = self.objective == "mdd" and self.seq_len is None  # the ADD head, one label
+            self.logits_fn = bind(self.model, _denoise_label if tokens else _denoise)
+            self.schedule = (mask_schedule(config.objective) if self.objective == "mdd"
+                             else gaussian_schedule(config.objective))  # fmt: skip
+        self._fns: dict[tuple, Callable] = {}
+
+    def __repr__(self) -> str:
+        return (f"Trained({_summary(self.config)}, K={self.num_classes}, step {self.step}, "
+                f"{'EMA' if self.used_ema else 'raw'} parameters, from {self.workdir})")  # fmt: skip
+
+    # -------------------------------------------------------------------------- preprocessing
+
+    def preprocess(self, images: Any) -> np.ndarray:
+        """Images as the run's evaluation fed them to the network: float32 [B, H, W, C].
+
+        ``images``: uint8 in [0, 255] or float in [0, 1]; one image H x W or H x W x C
+        (C = 1 or 3; a 3-D array whose last axis is not 1 or 3 is a batch of H x W images), a
+        batch B x H x W x C, or a list of images of any sizes (PIL images too). Channels are
+        converted to the model's (RGB to grey with PIL's ITU-R 601 luma, grey to RGB by copying).
+        uint8 images go through the evaluation transform (``pipeline.preprocess_eval``: the run's
+        resize, then normalisation). Float images of the model's input size are only normalised
+        (so a corrupted float observation is used as it is); other float sizes are quantised to
+        uint8 and resized like image files.
+        """
+        if isinstance(images, list | tuple):
+            items = [self._as_array(x) for x in images]
+        else:
+            arr = self._as_array(images)
+            if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (1, 3)):
+                items = [arr]
+            elif arr.ndim in (3, 4):
+                items = list(arr)
+            else:
+                raise ValueError(f"images: expected H x W, H x W x C, B x H x W or B x H x W x C, "
+                                 f"got shape {arr.shape}")  # fmt: skip
+        if not items:
+            raise ValueError("images: got an empty batch")
+        return np.stack([self._preprocess_one(x, i) for i, x in enumerate(items)])
+
+    def _as_array(self, image: Any) -> np.ndarray:
+        """A PIL image in the model's mode ("L" or "RGB"; palette images too), or the array."""
+        if hasattr(image, "convert") and hasattr(image, "mode"):
+            return np.asarray(image.convert("L" if self.info.image_shape[2] == 1 else "RGB"))
+        return np.asarray(image)
+
+    def _preprocess_one(self, image: np.ndarray, i: int) -> np.ndarray:
+        H, W, C = self.info.image_shape
+        if image.ndim == 2:
+            image = image[..., None]
+        if image.ndim != 3 or image.shape[-1] not in (1, 3):
+            raise ValueError(f"image {i}: expected H x W or H x W x C with C in (1, 3), got shape "
+                             f"{image.shape}")  # fmt: skip
+        if np.issubdtype(image.dtype, np.floating):
+            lo, hi = float(np.min(image)), float(np.max(image))
+            if lo < -1e-6 or hi > 1 + 1e-6:
+                raise ValueError(f"image {i}: float images must be in [0, 1], got values in "
+                                 f"[{lo:.3g}, {hi:.3g}] (pass uint8 for 0..255)")  # fmt: skip
+            if image.shape[:2] == (H, W):
+                image = _convert_channels_float(image.astype(np.float32), C)
+                return pipeline._normalise(image, self.info)
+            image = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+        elif image.dtype != np.uint8:
+            raise ValueError(f"image {i}: expected uint8 (0..255) or float (0..1) pixels, got "
+                             f"{image.dtype}")  # fmt: skip
+        image = _convert_channels_uint8(image, C)
+        record = pipeline.preprocess_eval({"image": image}, np.random.default_rng(0),
+                                          self.config.data, self.info, None, 0)  # fmt: skip
+        return np.asarray(record["image"], np.float32)
+
+    # ------------------------------------------------------------------------------- predict
+
+    def sampler_entry(self, sampler: str | Mapping | None = None) -> ml_collections.ConfigDict:
+        """The sampler entry ``predict`` runs: the config's first (``None``), the config's first
+        of that name (a string, else that sampler's defaults), or the given dict, e.g.
+        ``{"name": "cl", "num_chains": 100}``; checked against the run's objective."""
+        entries = [ml_collections.ConfigDict(dict(e)) for e in self.config.eval.samplers]
+        if sampler is None:
+            if not entries:
+                raise ValueError(
+                    f"{self.workdir}: the config lists no eval.samplers; pass sampler="
+                )
+            entry = entries[0]
+        elif isinstance(sampler, str):
+            entry = next((e for e in entries if e.name == sampler),
+                         ml_collections.ConfigDict({"name": sampler}))  # fmt: skip
+        elif isinstance(sampler, Mapping | ml_collections.ConfigDict):
+            entry = ml_collections.ConfigDict(dict(sampler))
+        else:
+            raise TypeError(f"sampler must be None, a name or a dict, got {type(sampler).__name__}")
+        allowed = SAMPLERS[self.objective]
+        if entry.get("name") not in allowed:
+            raise ValueError(f"sampler {entry.get('name')!r} does not fit a "
+                             f"{self.objective!r} run; use one of {allowed}")  # fmt: skip
+        return entry
+
+    def _default_steps(self, entry: ml_collections.ConfigDict) -> int | None:
+        if entry.name == "classifier":
+            return None
+        if entry.get("steps"):
+            return int(max(entry.steps))
+        first = self.config.eval.samplers[0] if self.config.eval.samplers else {}
+        return int(max(first.get("steps", (8,))))
+
+    def _predict_fn(self, entry: ml_collections.ConfigDict, num_steps: int | None) -> Callable:
+        """``fn(params, rest, images, key) -> (probs, per-step probs)``, jitted once per entry."""
+        cache_key = (json.dumps(entry.to_dict(), sort_keys=True, default=str), num_steps)
+        if cache_key not in self._fns:
+            if self.seq_len is None:
+                fn = evaluate.make_predict_fn(self.config, self._graphdef, entry, num_steps,
+                                              self.num_classes)  # fmt: skip
+            else:
+                fn = _caption_predict_fn(self.config, self._graphdef, entry, num_steps,
+                                         self.num_classes, self.seq_len)  # fmt: skip
+            self._fns[cache_key] = fn
+        return self._fns[cache_key]
+
+    def predict(self, images: Any, *, sampler: str | Mapping | None = None,
+                num_steps: int | None = None, key: jax.Array | int | None = None,
+                return_trajectory: bool = False, batch_size: int | None = None,
+                ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """Sample the posterior of ``images`` (anything :meth:`preprocess` takes).
+
+        Args:
+          sampler: None (the run's default: the first of ``config.eval.samplers``), a name
+            (``"cp"``, ``"cl"``, ``"onehot"``, ``"masked"``, ``"classifier"``) or an entry dict;
+            see :meth:`sampler_entry`.
+          num_steps: reverse steps (default: the entry's largest ``steps``).
+          key: a PRNG key or an int seed (default 0). The images go in chunks of ``batch_size``
+            (default ``config.eval.batch_size``, rounded up to a multiple of the devices); chunk
+            ``c`` is sampled with ``fold_in(key, c)``, and a short chunk is padded to a multiple of
+            the devices. So the same images, key and device count give the same output.
+          return_trajectory: also return the probabilities after every step.
+
+        Returns:
+          probs [B, K] (captions: [B, N, V]) as numpy; with ``return_trajectory`` also the
+          per-step probabilities [S, B, K] (MDD: the one-hot label decoded so far, 0 while masked).
+        """
+        x = self.preprocess(images)  # [B, H, W, C]
+        entry = self.sampler_entry(sampler)
+        steps = self._default_steps(entry) if num_steps is None else int(num_steps)
+        fn = self._predict_fn(entry, steps)
+        if key is None or isinstance(key, int | np.integer):
+            key = jax.random.key(0 if key is None else int(key))
+        ndev = self.mesh.size
+        chunk = int(batch_size or self.config.eval.get("batch_size", self.config.batch_size))
+        chunk = -(-min(chunk, len(x)) // ndev) * ndev
+        batch_sharding = sharding.batch_sharding(self.mesh)
+        probs, trajs = [], []
+        for c, start in enumerate(range(0, len(x), chunk)):
+            part = x[start : start + chunk]
+            n = len(part)
+            padded = np.zeros((-(-n // ndev) * ndev,) + part.shape[1:], np.float32)
+            padded[:n] = part
+            p, traj = fn(self._params, self._rest, jax.device_put(padded, batch_sharding),
+                         jax.random.fold_in(key, c))  # fmt: skip
+            probs.append(np.asarray(p)[:n])
+            trajs.append(np.asarray(traj)[:, :n])
+        probs = np.concatenate(probs)
+        return (probs, np.concatenate(trajs, axis=1)) if return_trajectory else probs
+
+
+def _convert_channels_uint8(image: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 [H, W, C] -> [H, W, channels], grey through PIL's own conversion (as image files)."""
+    if image.shape[-1] == channels:
+        return image
+    if channels == 3:
+        return np.repeat(image, 3, axis=-1)
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).convert("L"))[..., None]
+
+
+def _convert_channels_float(image: np.ndarray, channels: int) -> np.ndarray:
+    if image.shape[-1] == channels:
+        return image
+    if channels == 3:
+        return np.repeat(image, 3, axis=-1)
+    luma = np.asarray([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as PIL's "L"
+    return (image @ luma)[..., None]
+
+
+def _caption_predict_fn(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
+                        entry: ml_collections.ConfigDict, num_steps: int, V: int, N: int):  # fmt: skip
+    """Per-token probabilities of a caption run: ``fn(params, rest, images, key) -> (probs
+    [B, N, V], per-step probs [S, B, N, V])`` (MDD: the one-hot tokens revealed so far), jitted."""
+    g = entry.get("guidance_scale", 1.0)
+
+    def fn(params, rest, images, key):
+        model = nnx.merge(graphdef, params, rest)
+        cond = model.encode(images, train=False)  # [B, L, W], once per image
+        guide = dict(guidance_scale=g, guidance_schedule=entry.get("guidance_schedule", None),
+                     null_cond=model.null_condition(cond.shape[0]) if g != 1.0 else None)  # fmt: skip
+        if entry.name == "onehot":
+            return samplers.onehot_sample(
+                lambda y, t, c: model.denoise(y, t, c, train=False), cond, key, num_classes=V,
+                num_steps=num_steps, schedule=gaussian_schedule(config.objective), seq_len=N,
+                to_one=entry.get("to_one", "argmax"), lam=config.objective.get("lambda_hot", 1.0),
+                return_trajectory=True, **guide,
+            )  # fmt: skip
+        _, probs, traj = samplers.masked_sample(
+            lambda x, t, c: model.denoise(x, t, c, train=False), cond, key, num_classes=V,
+            num_steps=num_steps, schedule=mask_schedule(config.objective), seq_len=N,
+            return_trajectory=True, **guide,
+        )  # fmt: skip
+        return probs, jax.nn.one_hot(traj, V)  # the mask id V: an all-zero row
+
+    return jax.jit(fn)
+
+
+def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
+    """An image file as uint8 [H, W, channels] (1: PIL's grey "L", 3: "RGB"); ValueError naming
+    the file if it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            image = np.asarray(im.convert("L" if channels == 1 else "RGB"))
+    except (OSError, UnidentifiedImageError) as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from None
+    return image[..., None] if image.ndim == 2 else image
+
+
+__all__ = ["NetworkFn", "Trained", "bind", "load", "read_image"]
