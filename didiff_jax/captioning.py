@@ -15,11 +15,13 @@ Outputs in the workdir:
 
 * ``eval_results.json``: ``{"records": [...], "baselines": {...}}``, one record per (sampler,
   steps) with corpus BLEU-1..4, CIDEr-D, token accuracy, exact match, the number of images and
-  the sampling wall time (compilation excluded, reported separately). ``baselines`` scores the
+  the sampling wall time (compilation excluded, reported separately); on the Fashion-grid task
+  also ``well_formed`` (the sample is a valid caption of some image). ``baselines`` scores the
   first reference of each image against the others ("reference") and against the references of
   the next image ("shuffled"), the scale on which to read the model's numbers.
 * ``samples/captions.json``: the first ``eval.num_samples`` test images' sampled captions per run;
-* ``samples/trajectory_<sampler>_<steps>.txt``: the decoded text after every reverse step for the
+* ``samples/trajectory_<sampler>_<steps>.txt``, for the first sampler entry at each of its steps:
+  the decoded text after every reverse step for the
   first ``eval.num_trajectories`` test images (TDD: the argmax of each step's prediction; MDD: the
   partly unmasked caption, ``[M]`` = still masked), with copies of those images.
 
@@ -105,8 +107,10 @@ def _gather(x: jax.Array) -> np.ndarray:
 
 
 def score(tokenizer: captions.Tokenizer, tokens: np.ndarray, references: list[list[str]],
-          targets: list[list[str]]) -> dict[str, float]:  # fmt: skip
-    """Corpus metrics of sampled ``tokens`` [M, N] against the images' reference and target texts."""
+          targets: list[list[str]], language: frozenset[str] | None = None) -> dict[str, float]:  # fmt: skip
+    """Corpus metrics of sampled ``tokens`` [M, N] against the images' reference and target texts;
+    with the task's ``language`` (Fashion-grid) also ``well_formed``, the fraction of samples that
+    are valid captions of *some* image: coherence, apart from what the image shows."""
     N = tokens.shape[1]
     words = [tokenizer.decode(t).split() for t in tokens]
     refs = [[captions.normalize(r) for r in rs] for rs in references]
@@ -116,8 +120,11 @@ def score(tokenizer: captions.Tokenizer, tokens: np.ndarray, references: list[li
            for t, ts in zip(tokens, targets, strict=True)]  # fmt: skip
     exact = [caption_metrics.exact_match(w, [captions.normalize(x) for x in ts])
              for w, ts in zip(words, targets, strict=True)]  # fmt: skip
-    return {**{f"bleu{n}": bleu[f"bleu{n}"] for n in range(1, 5)}, "cider": cider,
-            "token_accuracy": float(np.mean(acc)), "exact_match": float(np.mean(exact))}  # fmt: skip
+    out = {**{f"bleu{n}": bleu[f"bleu{n}"] for n in range(1, 5)}, "cider": cider,
+           "token_accuracy": float(np.mean(acc)), "exact_match": float(np.mean(exact))}  # fmt: skip
+    if language is not None:
+        out["well_formed"] = float(np.mean([" ".join(w) in language for w in words]))
+    return out
 
 
 def baselines(references: list[list[str]]) -> dict[str, dict[str, float]]:
@@ -188,7 +195,7 @@ def evaluate(
             out = _gather(compiled[k](*args))
             sample_s[k] += time.time() - t0
             tokens[k].append(out[mask])
-            if i == 0 and num_traj:
+            if i == 0 and num_traj and entry is runs[0][2]:  # the first sampler entry's runs
                 traj_fn = jax.jit(make_sample_fn(config, graphdef, entry, steps, V, N,
                                                  trajectory=True))  # fmt: skip
                 images = _gather(batch["image"])[:num_traj]
@@ -197,10 +204,11 @@ def evaluate(
     index = np.concatenate(indices)
     references = [source.references(int(j)) for j in index]
     targets = [source.targets(int(j)) for j in index]
+    language = captions.fashion_grid_language() if config.data.name == "fashion_grid" else None
     records = []
     for label, steps, entry in runs:
         k = (label, steps)
-        result = score(tokenizer, np.concatenate(tokens[k]), references, targets)
+        result = score(tokenizer, np.concatenate(tokens[k]), references, targets, language)
         records.append({
             "model": config.model.name, "objective": config.objective.name, "sampler": label,
             "steps": steps, "guidance_scale": entry.get("guidance_scale", 1.0),

@@ -5,9 +5,10 @@ The flag must be set before jax is imported anywhere, hence at conftest import t
 
 import os
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+FAKE_DEVICES = "--xla_force_host_platform_device_count=8"
+_flags = os.environ.get("XLA_FLAGS", "").split()
+if FAKE_DEVICES not in _flags:  # xdist workers inherit the controller's environment
+    os.environ["XLA_FLAGS"] = " ".join([*_flags, FAKE_DEVICES])
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache per test session, inherited by the xdist workers and by the
 # subprocesses the end-to-end tests start: the same smoke programs compile once, not per process.
@@ -18,6 +19,16 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+
+def single_device_env(**extra: str) -> dict[str, str]:
+    """This environment without the 8-fake-device flag (for subprocesses on one CPU device)."""
+    env = {**os.environ, **extra}
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if f != FAKE_DEVICES]
+    env.pop("XLA_FLAGS", None)
+    if flags:
+        env["XLA_FLAGS"] = " ".join(flags)
+    return env
 
 
 @pytest.fixture(scope="session")
@@ -53,12 +64,11 @@ def smoke_run(tmp_path_factory):
             return runs[key]
         workdir = str(tmp_path_factory.mktemp(config_file))
         if trained:
-            flags = os.environ["XLA_FLAGS"].replace("--xla_force_host_platform_device_count=8", "")
             cmd = [sys.executable, "-m", "didiff_jax.main", "--workdir", workdir,
                    "--config", str(repo / "configs" / f"{config_file}.py:smoke"),
                    "--config.eval.after_train=False",
                    *(f"--config.{k}={v}" for k, v in overrides.items())]  # fmt: skip
-            out = subprocess.run(cmd, cwd=repo, env={**os.environ, "XLA_FLAGS": flags},
+            out = subprocess.run(cmd, cwd=repo, env=single_device_env(),
                                  capture_output=True, text=True, timeout=900)  # fmt: skip
             if out.returncode:
                 raise RuntimeError(f"training {config_file}:smoke failed:\n{out.stderr[-4000:]}")

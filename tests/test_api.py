@@ -36,11 +36,12 @@ NO_WARMUP = {"optimizer.warmup_steps": 0, "optimizer.lr": 0.01, "ema_decay": 0.0
 ADD_SMALL = {"model.width": 24, "model.depth": 2, "model.num_heads": 3, "model.cond_depth": 1,
              "model.head_width": 32, "model.head_depth": 1, "optimizer.warmup_steps": 0,
              "optimizer.lr": 0.01, "ema_decay": 0.0}  # fmt: skip
+DIDICM_EMA = {"ema_decay": 0.99}  # the default config keeps no EMA; these tests load one
 
 
 @pytest.fixture(scope="module")
 def didicm(smoke_run):
-    return smoke_run("fashion_mnist_didirn")
+    return smoke_run("fashion_mnist_didirn", **DIDICM_EMA)
 
 
 @pytest.fixture(scope="module")

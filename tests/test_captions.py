@@ -143,6 +143,7 @@ def test_valid_caption_sets_of_different_layouts_are_disjoint_and_agree():
         for caption in valid:
             assert caption not in seen, f"{caption!r} describes {seen.get(caption)} and {layout}"
             seen[caption] = (split, a, b, na, nb)
+    assert set(seen) == captions.fashion_grid_language()
     # Agreement: articles and plurals follow the count.
     assert "an ankle boot above two pairs of trousers" in seen
     assert "a ankle boot above two pairs of trousers" not in seen
@@ -272,6 +273,21 @@ def test_token_accuracy_and_exact_match():
     assert not caption_metrics.exact_match(_w("a b c"), [_w("a b")])
 
 
+def test_caption_score_separates_wrong_content_from_ill_formed_text():
+    from didiff_jax import captioning
+
+    language = captions.fashion_grid_language()
+    tok = captions.build_tokenizer(sorted(language))
+    truth = captions.valid_captions({"split": "rows", "classes": [8, 5], "counts": [1, 1]})
+    samples = ["a bag above a sandal", "a dress above a sandal", "a bag above above sandal"]
+    tokens = np.stack([tok.encode(x, 16) for x in samples])
+    out = captioning.score(tok, tokens, [truth[:5]] * 3, [truth] * 3, language)
+    assert out["exact_match"] == pytest.approx(1 / 3)  # only the first is right
+    assert out["well_formed"] == pytest.approx(2 / 3)  # the second is wrong but well formed
+    # Token accuracy over "a bag above a sandal <end>": 6/6, 5/6 ("dress"), 5/6 ("above").
+    assert out["token_accuracy"] == pytest.approx((1 + 5 / 6 + 5 / 6) / 3)
+
+
 # --------------------------------------------------------------------------- samplers, oracles
 
 CAPTIONS = np.array([[1, 2, 3], [1, 5, 6], [4, 2, 6]])  # K = 3 captions, N = 3 tokens
@@ -314,23 +330,22 @@ def target_oracle(target):
     return fn
 
 
-@pytest.mark.parametrize("guidance", [1.0, 3.0])
-def test_samplers_recover_a_known_caption_with_an_oracle(guidance):
+@pytest.mark.parametrize("steps,guidance", [(1, 1.0), (4, 3.0)])
+def test_samplers_recover_a_known_caption_with_an_oracle(steps, guidance):
     target = np.array([3, 7, 2, 1, 0])
     cond, null = jnp.ones(4), jnp.zeros(4)
     guide = dict(guidance_scale=guidance, null_cond=null if guidance != 1.0 else None)
-    for steps in (1, 4):
-        probs = samplers.onehot_sample(target_oracle(target), cond, jax.random.key(0),
-                                       num_classes=V, num_steps=steps, seq_len=5, **guide)  # fmt: skip
-        np.testing.assert_array_equal(jnp.argmax(probs, -1), np.tile(target, (4, 1)))
-        tokens, _, traj = samplers.masked_sample(
-            target_oracle(target), cond, jax.random.key(1), num_classes=V, num_steps=steps,
-            seq_len=5, return_trajectory=True, **guide,
-        )  # fmt: skip
-        np.testing.assert_array_equal(tokens, np.tile(target, (4, 1)))
-        traj = np.asarray(traj)  # [S, B, N]: revealed tokens are right and stay revealed
-        assert ((traj == V) | (traj == target)).all()
-        assert (np.diff((traj == V).sum(-1), axis=0) <= 0).all()
+    probs = samplers.onehot_sample(target_oracle(target), cond, jax.random.key(0),
+                                   num_classes=V, num_steps=steps, seq_len=5, **guide)  # fmt: skip
+    np.testing.assert_array_equal(jnp.argmax(probs, -1), np.tile(target, (4, 1)))
+    tokens, _, traj = samplers.masked_sample(
+        target_oracle(target), cond, jax.random.key(1), num_classes=V, num_steps=steps,
+        seq_len=5, return_trajectory=True, **guide,
+    )  # fmt: skip
+    np.testing.assert_array_equal(tokens, np.tile(target, (4, 1)))
+    traj = np.asarray(traj)  # [S, B, N]: revealed tokens are right and stay revealed
+    assert ((traj == V) | (traj == target)).all()
+    assert (np.diff((traj == V).sum(-1), axis=0) <= 0).all()
 
 
 def test_tdd_parallel_decoding_mixes_captions_in_one_step_and_not_in_sixteen():
@@ -374,12 +389,13 @@ def _check_outputs(workdir: pathlib.Path, labels: set[str], count: int, grid: bo
             assert 0.0 <= r[k] <= 1.0
         assert r["cider"] >= 0.0 and r["sample_seconds"] > 0
     if grid:  # another phrasing of the same picture beats a caption of another picture
+        assert all(0.0 <= r["well_formed"] <= 1.0 for r in records)
         assert out["baselines"]["reference"]["cider"] > out["baselines"]["shuffled"]["cider"]
     samples = json.loads((workdir / "samples" / "captions.json").read_text())
     assert all(len(v) == min(16, count) for v in samples.values())
     traj = sorted((workdir / "samples").glob("trajectory_*.txt"))
-    if grid:  # the COCO smoke variants write none
-        assert len(traj) == len(records)
+    if grid:  # for the first sampler entry; the COCO smoke variants write none
+        assert len(traj) == 1
         lines = traj[0].read_text().splitlines()
         assert lines[0].startswith("image 000000000001.png; references: ")
         assert lines[1].startswith("  step  1/2: ") and lines[2].startswith("  step  2/2: ")

@@ -15,7 +15,8 @@ import pytest
 from nbclient import NotebookClient
 
 from didiff_jax.data import fashion_mnist
-from tests.test_api import ADD_SMALL
+from tests.conftest import single_device_env
+from tests.test_api import ADD_SMALL, DIDICM_EMA
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "docs" / "colab_sampling.ipynb"
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_notebook_runs_against_the_smoke_runs(smoke_run, tmp_path, monkeypatch):
-    didicm = smoke_run("fashion_mnist_didirn")
+    didicm = smoke_run("fashion_mnist_didirn", **DIDICM_EMA)
     add = smoke_run("fashion_mnist_add_vit", **ADD_SMALL)
     spec = tmp_path / "jupyter" / "kernels" / "didiff-test"
     spec.mkdir(parents=True)
@@ -36,11 +37,8 @@ def test_notebook_runs_against_the_smoke_runs(smoke_run, tmp_path, monkeypatch):
         "display_name": "didiff_jax tests", "language": "python",
     }))  # fmt: skip
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
-    xla_flags = os.environ.get("XLA_FLAGS", "").replace(
-        "--xla_force_host_platform_device_count=8", ""
-    )
-    env = {**os.environ, "XLA_FLAGS": xla_flags, "JAX_PLATFORMS": "cpu",
-           "DIDIFF_NOTEBOOK_WORKDIR": didicm, "DIDIFF_NOTEBOOK_ADD_WORKDIR": add}  # fmt: skip
+    env = single_device_env(JAX_PLATFORMS="cpu", DIDIFF_NOTEBOOK_WORKDIR=didicm,
+                            DIDIFF_NOTEBOOK_ADD_WORKDIR=add)  # fmt: skip
     before = set(REPO.glob("runs/notebook_*"))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = NotebookClient(nb, timeout=600, kernel_name="didiff-test",

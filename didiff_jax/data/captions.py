@@ -277,6 +277,19 @@ def valid_captions(layout: dict) -> list[str]:
             for pa, pb in itertools.product(noun_phrases(a, na), noun_phrases(b, nb))]  # fmt: skip
 
 
+@functools.cache
+def fashion_grid_language() -> frozenset[str]:
+    """Every caption that is valid for some layout (the task's whole language, 18,576 sentences):
+    a sampled caption outside it is ill-formed, whatever the image."""
+    return frozenset(
+        c
+        for split in TEMPLATES
+        for classes in itertools.permutations(range(len(NOUNS)), 2)
+        for counts in itertools.product((1, 2), (1, 2))
+        for c in valid_captions({"split": split, "classes": list(classes), "counts": list(counts)})
+    )
+
+
 def sample_layout(rng: np.random.Generator) -> dict:
     """A random layout: the split, two distinct classes, a count (1-2) per class, and the cells
     ``[row, col, class]`` of the items (A in column/row 0, B in column/row 1)."""
