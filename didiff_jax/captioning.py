@@ -45,7 +45,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from didiff_jax import caption_metrics, samplers, sharding
+from didiff_jax import caption_metrics, checkpoint, samplers, sharding
 from didiff_jax.data import augment, captions, pipeline
 from didiff_jax.losses import gaussian_schedule, mask_schedule
 
@@ -228,7 +228,7 @@ def evaluate(
 
 def _write(config, workdir: str, records: list[dict], base: dict, tokenizer, source, index,
            tokens: dict, trajectories: dict, V: int) -> None:  # fmt: skip
-    out = pathlib.Path(workdir)
+    out = checkpoint.workdir_path(workdir)  # gs:// too
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval_results.json").write_text(
         json.dumps({"records": records, "baselines": base}, indent=1)

@@ -12,7 +12,7 @@ match wins:
 1. ``DIDIFF_COORDINATOR=host:port`` with ``DIDIFF_NUM_PROCESSES`` and ``DIDIFF_PROCESS_ID``:
    explicit settings (``launch/local.sh`` sets them; any launcher can);
 2. ``--distributed`` or ``DIDIFF_DISTRIBUTED=1``: JAX's cluster auto-detection (Cloud TPU
-   metadata, SLURM, Open MPI, Kubernetes); an explicit ``DIDIFF_DISTRIBUTED=0`` turns 2-4 off;
+   metadata, SLURM, Open MPI, Kubernetes); ``DIDIFF_DISTRIBUTED=0`` turns 3 and 4 off;
 3. inside a SLURM job step of more than one task (``srun``; ``SLURM_NTASKS`` > 1): auto-detection,
    one process per task (on GPUs JAX gives each task the GPU of its ``SLURM_LOCALID``);
 4. on a Cloud TPU VM (``libtpu`` installed and TPU device nodes present): auto-detection; a
