@@ -52,7 +52,7 @@ from flax import nnx
 
 from didiff_jax import checkpoint, evaluate, samplers, sharding
 from didiff_jax.data import pipeline
-from didiff_jax.losses import ctmc_schedule, gaussian_schedule, mask_schedule
+from didiff_jax.losses import ctmc_schedule, gaussian_schedule, mask_schedule, onehot_sampling
 from didiff_jax.train import host_params
 
 # The samplers each objective's network can drive ("classifier": the baselines' softmax).
@@ -462,9 +462,8 @@ def _caption_predict_fn(config: ml_collections.ConfigDict, graphdef: nnx.GraphDe
         if entry.name == "onehot":
             return samplers.onehot_sample(
                 lambda y, t, c: model.denoise(y, t, c, train=False), cond, key, num_classes=V,
-                num_steps=num_steps, schedule=gaussian_schedule(config.objective), seq_len=N,
-                to_one=entry.get("to_one", "argmax"), lam=config.objective.get("lambda_hot", 1.0),
-                return_trajectory=True, **guide,
+                num_steps=num_steps, seq_len=N, to_one=entry.get("to_one", "argmax"),
+                return_trajectory=True, **onehot_sampling(config.objective), **guide,
             )  # fmt: skip
         _, probs, traj = samplers.masked_sample(
             lambda x, t, c: model.denoise(x, t, c, train=False), cond, key, num_classes=V,

@@ -47,7 +47,7 @@ from jax.experimental import multihost_utils
 
 from didiff_jax import caption_metrics, checkpoint, samplers, sharding
 from didiff_jax.data import augment, captions, pipeline
-from didiff_jax.losses import gaussian_schedule, mask_schedule
+from didiff_jax.losses import mask_schedule, onehot_sampling
 
 log = logging.getLogger("didiff_jax")
 
@@ -84,9 +84,8 @@ def make_sample_fn(config: ml_collections.ConfigDict, graphdef, entry: ml_collec
         if name == "onehot":
             out = samplers.onehot_sample(
                 logits_fn, cond, key, num_classes=num_classes, num_steps=num_steps,
-                schedule=gaussian_schedule(config.objective), to_one=entry.get("to_one", "argmax"),
-                seq_len=seq_len, lam=config.objective.get("lambda_hot", 1.0),
-                return_trajectory=trajectory, **guide,
+                to_one=entry.get("to_one", "argmax"), seq_len=seq_len,
+                return_trajectory=trajectory, **onehot_sampling(config.objective), **guide,
             )  # fmt: skip
             if trajectory:
                 probs, traj = out

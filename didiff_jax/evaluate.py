@@ -36,7 +36,7 @@ from jax.experimental import multihost_utils
 
 from didiff_jax import checkpoint, metrics, optim, plots, samplers, sharding
 from didiff_jax.data import captions, pipeline
-from didiff_jax.losses import ctmc_schedule, gaussian_schedule
+from didiff_jax.losses import ctmc_schedule, onehot_sampling
 from didiff_jax.train import host_params, init_train_state
 
 log = logging.getLogger("didiff_jax")
@@ -91,7 +91,7 @@ def make_predict_fn(config: ml_collections.ConfigDict, graphdef, entry, num_step
             return samplers.onehot_sample(
                 lambda y, t, cond: model.denoise(y, t, cond, train=False), c, key,
                 num_classes=num_classes, num_steps=num_steps, to_one=entry.get("to_one", "argmax"),
-                schedule=gaussian_schedule(config.objective), return_trajectory=True, **guide,
+                return_trajectory=True, **onehot_sampling(config.objective), **guide,
             )  # fmt: skip
         if name == "masked":
             tokens, probs, traj = samplers.masked_sample(

@@ -52,6 +52,21 @@ def gaussian_schedule(cfg: ml_collections.ConfigDict) -> D.CosineAbar | D.Linear
     raise ValueError(f"objective.schedule must be 'cosine' or 'linear', got {name!r}")
 
 
+def onehot_sampling(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The keyword arguments of ``samplers.onehot_sample`` that the training objective fixes.
+
+    ``schedule`` (the abar of training), ``lam`` (the lambda-hot scale of the clean vectors) and
+    ``parameterization`` (``eps`` for the noise-regression ablation, whose network predicts the
+    noise rather than logits of ``y_0``). Sampling with other values than training used would
+    decode the network's output wrongly, so every ADD/TDD caller takes them from here.
+    """
+    return dict(
+        schedule=gaussian_schedule(cfg),
+        lam=cfg.get("lambda_hot", 1.0),
+        parameterization="eps" if cfg.get("loss", "cross_entropy") == "regression" else "x0",
+    )
+
+
 def _targets(batch: dict, num_classes: int) -> jax.Array:
     if "label_probs" in batch:
         return batch["label_probs"]
