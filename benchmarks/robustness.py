@@ -45,7 +45,6 @@ import json
 import math
 import os
 import pathlib
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -57,6 +56,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the configs package lives at the repository root
     sys.path.insert(0, str(ROOT))
 
+from didiff_jax import distributed  # noqa: E402
 from didiff_jax.data import corruptions  # noqa: E402
 
 FASHION_MNIST_TRAIN = 60_000
@@ -317,23 +317,6 @@ def check_spec(workdir: pathlib.Path, spec: dict) -> None:
 # ---------------------------------------------------------------------------------- running
 
 
-def machine() -> str:
-    """This machine in one line (CPU model and cores, or the accelerator)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import jax
-
-    dev = jax.devices()[0]
-    accel = "" if dev.platform == "cpu" else f", {len(jax.devices())} x {dev.device_kind}"
-    return f"{cpu}, {os.cpu_count()} cores{accel}; jax {jax.__version__}"
-
-
 def _write_json(path: pathlib.Path, obj: Any) -> None:
     """Write atomically: a file that exists is complete."""
     tmp = path.with_suffix(".json.tmp")
@@ -356,7 +339,7 @@ def run_cell(cell: Cell, config, workdir: pathlib.Path) -> dict:
     records, _ = evaluate.sweep(config, run["graphdef"], run["state"], run["info"], run["mesh"],
                                 run_dir=str(workdir))  # fmt: skip
     meta = {"train_s": t1 - t0, "eval_s": time.time() - t1, "resumed": resumed,
-            "machine": machine(), "command": " ".join(["python", *sys.argv])}  # fmt: skip
+            "machine": distributed.describe_machine(), "command": " ".join(["python", *sys.argv])}  # fmt: skip
     _write_json(workdir / "study_run.json", meta)
     _write_json(workdir / "eval_results.json", {"records": records})
     return meta

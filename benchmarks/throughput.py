@@ -34,7 +34,6 @@ import json
 import math
 import os
 import pathlib
-import platform
 import statistics
 import sys
 import time
@@ -50,7 +49,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the configs package lives at the repository root
     sys.path.insert(0, str(ROOT))
 
-from didiff_jax import losses, optim, samplers, sharding, train  # noqa: E402
+from didiff_jax import distributed, losses, optim, samplers, sharding, train  # noqa: E402
 from didiff_jax.data import pipeline  # noqa: E402
 
 H100_SXM = {
@@ -431,20 +430,6 @@ def projection(args) -> list[dict]:
 # ------------------------------------------------------------------------------------ tables
 
 
-def machine() -> str:
-    """A one-line description of this machine."""
-    dev = jax.devices()[0]
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{dev.platform} ({dev.device_kind}); host {cpu}, {os.cpu_count()} cores; jax {jax.__version__}"
-
-
 def _gib(b) -> str:
     return "-" if b is None else f"{b / 2**30:.2f} GiB"
 
@@ -582,9 +567,11 @@ def main(argv: list[str] | None = None) -> None:
     wall = time.time() - t0
     command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.json:
-        pathlib.Path(args.json).write_text(json.dumps({"machine": machine(), "command": command,
+        pathlib.Path(args.json).write_text(json.dumps({"machine": distributed.describe_machine(), "command": command,
                                                        "wall_s": wall, "rows": rows}, indent=1))  # fmt: skip
-    render(rows, machine(), command, wall, args.write_results, quick=args.quick)
+    render(
+        rows, distributed.describe_machine(), command, wall, args.write_results, quick=args.quick
+    )
 
 
 def render(rows: list[dict], host: str, command: str, wall: float, results: str, *,

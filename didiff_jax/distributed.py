@@ -201,3 +201,19 @@ def exit_on_error():
               file=sys.stderr, flush=True)  # fmt: skip
         sys.stdout.flush()
         os._exit(1)
+
+
+def describe_machine() -> str:
+    """This machine in one line, for benchmark reports: host CPU model and cores, the
+    accelerators if any (all processes' devices), and the JAX version."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    dev = jax.devices()[0]
+    accel = "" if dev.platform == "cpu" else f", {jax.device_count()} x {dev.device_kind}"
+    return f"{cpu}, {os.cpu_count()} cores{accel}; jax {jax.__version__}"
