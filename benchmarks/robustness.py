@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import itertools
 import json
 import math
 import os
@@ -543,22 +544,42 @@ def _outcome(gain: dict) -> str:
     return "mixed" if len(v) > 1 else "tie"
 
 
+def _ranks(a: Sequence[float]) -> np.ndarray:
+    """Ranks from 0, ties sharing their mean rank."""
+    a = np.asarray(a, dtype=np.float64)
+    order = np.argsort(a, kind="stable")
+    r = np.empty(len(a))
+    r[order] = np.arange(len(a), dtype=np.float64)
+    for v in np.unique(a):
+        r[a == v] = r[a == v].mean()
+    return r
+
+
 def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman's rank correlation (average ranks for ties)."""
-
-    def ranks(a):
-        a = np.asarray(a, dtype=np.float64)
-        order = np.argsort(a, kind="stable")
-        r = np.empty(len(a))
-        r[order] = np.arange(len(a), dtype=np.float64)
-        for v in np.unique(a):  # ties share their mean rank
-            r[a == v] = r[a == v].mean()
-        return r
-
-    rx, ry = ranks(x), ranks(y)
+    rx, ry = _ranks(x), _ranks(y)
     if rx.std() == 0 or ry.std() == 0:
         return float("nan")
     return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _spearman_p_greater(x: Sequence[float], y: Sequence[float], *, draws: int = 20_000) -> float:
+    """One-sided permutation p-value of Spearman's rho being at least the observed one under
+    independence: exact (every permutation of ``y``) up to 8 points, else ``draws`` random ones.
+    With 4 conditions the smallest possible value is 1/24: no 4-point ranking is significant."""
+    rx, ry = _ranks(x), _ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    if len(ry) <= 8:
+        perms = np.asarray(list(itertools.permutations(ry)))  # [n!, n]
+    else:
+        rng = np.random.default_rng(0)
+        perms = np.stack([rng.permutation(ry) for _ in range(draws)])
+    cx = rx - rx.mean()
+    cp = perms - perms.mean(axis=1, keepdims=True)
+    rho = cp @ cx / (np.linalg.norm(cp, axis=1) * np.linalg.norm(cx))  # [P]
+    observed = _spearman(x, y)
+    return float(np.mean(rho >= observed - 1e-12))
 
 
 def verdict(grid: Grid, summary: dict) -> list[str]:
@@ -594,12 +615,21 @@ def verdict(grid: Grid, summary: dict) -> list[str]:
             lines.append(text)
         usable = [e for e in entries if "difficulty" in e]
         if len(usable) >= 3:
-            rho = _spearman([e["difficulty"] for e in usable],
-                            [e["gain_top1"]["mean"] for e in usable])  # fmt: skip
-            grows = "grows" if rho > 0 else "does not grow"
+            difficulty = [e["difficulty"] for e in usable]
+            gains = [e["gain_top1"]["mean"] for e in usable]
+            rho, p = _spearman(difficulty, gains), _spearman_p_greater(difficulty, gains)
+            if rho > 0 and p < 0.05:
+                grows = "grows"
+            elif rho > 0:
+                grows = "shows no significant growth"
+            else:
+                grows = "does not grow"
+            lo, hi = int(np.argmin(gains)), int(np.argmax(gains))
             lines.append(f"{title}: the top-1 gain {grows} with difficulty (Spearman rank "
                          f"correlation of gain with the baseline's error over {len(usable)} "
-                         f"conditions: {rho:+.2f}).")  # fmt: skip
+                         f"conditions: {rho:+.2f}, one-sided permutation p = {p:.2f}; gains from "
+                         f"{100 * gains[lo]:+.2f} points ({usable[lo]['condition']}) to "
+                         f"{100 * gains[hi]:+.2f} ({usable[hi]['condition']})).")  # fmt: skip
         else:
             lines.append(f"{title}: too few conditions ({len(usable)}) to say whether the gain "
                          "grows with difficulty.")  # fmt: skip

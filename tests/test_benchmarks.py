@@ -210,6 +210,23 @@ def test_spearman_matches_scipy(rb):
     assert rb._spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic)
 
 
+def test_spearman_permutation_p_value(rb):
+    """Exact one-sided p: 1/24 for 4 points in perfect order (no 4-condition study can reach
+    0.05); a vectorised count equal to a loop over every permutation; the sampled version
+    small for a perfect 9-point ranking."""
+    import itertools
+
+    assert rb._spearman_p_greater([1, 2, 3, 4], [0.1, 0.2, 0.3, 0.4]) == pytest.approx(1 / 24)
+    assert rb._spearman_p_greater([1, 2, 3, 4], [0.4, 0.3, 0.2, 0.1]) == pytest.approx(1.0)
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=6), rng.integers(0, 3, 6).astype(float)  # y has ties
+    rho = rb._spearman(x, y)
+    loop = np.mean([rb._spearman(x, q) >= rho - 1e-12 for q in itertools.permutations(y)])
+    assert rb._spearman_p_greater(x, y) == pytest.approx(loop)
+    x9 = np.arange(9.0)  # 9 points: sampled; rho = 1 is reached by 1 of 9! orderings
+    assert rb._spearman_p_greater(x9, x9, draws=20_000) < 1e-3
+
+
 def test_report_keeps_other_sections_and_marks_missing_cells(rb, study, tmp_path):
     grid, out = study
     results = tmp_path / "docs" / "results.md"
