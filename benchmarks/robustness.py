@@ -655,11 +655,15 @@ def _steps_statement(pair: str, summary: dict) -> str:
         return ""
     best = dict(curve)[top_steps]
     parts = [f"{s} step{'s' * (s > 1)} {100 * v:.2f}%" for s, v in curve]
+    head = f"{PAIRS[pair].title}: clean top-1 of {label} against steps: {', '.join(parts)}; "
+    peak_steps, peak = max(curve, key=lambda sv: (sv[1], -sv[0]))
+    if peak - best > 0.005:  # more steps cost accuracy
+        return head + (f"more steps do not help: {peak_steps} step{'s' * (peak_steps > 1)} "
+                       f"score{'s' * (peak_steps == 1)} {100 * (peak - best):.2f} points above "
+                       f"{top_steps}.")  # fmt: skip
     enough = next((s for s, v in curve if best - v <= 0.005), top_steps)
-    return (
-        f"{PAIRS[pair].title}: clean top-1 of {label} against steps: {', '.join(parts)}; "
-        f"{enough} step{' comes' if enough == 1 else 's come'} within 0.5 points of {top_steps}."
-    )
+    return head + (f"{enough} step{' comes' if enough == 1 else 's come'} within 0.5 points of "
+                   f"{top_steps}.")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------ report

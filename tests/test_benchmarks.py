@@ -227,6 +227,21 @@ def test_spearman_permutation_p_value(rb):
     assert rb._spearman_p_greater(x9, x9, draws=20_000) < 1e-3
 
 
+@pytest.mark.parametrize(
+    "curve, expected",
+    [({1: 0.30, 2: 0.78, 4: 0.794, 8: 0.795}, "4 steps come within 0.5 points of 8."),
+     ({1: 0.712, 2: 0.705, 4: 0.705, 8: 0.697}, "more steps do not help: 1 step scores 1.50 points above 8.")],
+)  # fmt: skip
+def test_steps_statement_says_when_more_steps_hurt(rb, curve, expected):
+    rows = [{"pair": "addvit-vit", "condition": "clean", "role": "diffusion", "sampler": "s",
+             "steps": k, "top1": {"mean": v}} for k, v in curve.items()]  # fmt: skip
+    headline = [{"pair": "addvit-vit", "condition": "clean",
+                 "diffusion": {"sampler": "s", "steps": 8, "top1": {"mean": curve[8]}}}]  # fmt: skip
+    assert rb._steps_statement("addvit-vit", {"rows": rows, "headline": headline}).endswith(
+        expected
+    )
+
+
 def test_report_keeps_other_sections_and_marks_missing_cells(rb, study, tmp_path):
     grid, out = study
     results = tmp_path / "docs" / "results.md"
