@@ -916,7 +916,7 @@ def main(argv: list[str] | None = None) -> None:
                                             else ROOT / "docs" / "results.md"))  # fmt: skip
     argv = sys.argv[1:] if argv is None else argv
     shown = [a for a in argv if a not in ("--report-only", "--plan")]
-    command = "python benchmarks/robustness.py " + " ".join(shown)
+    command = " ".join(["python benchmarks/robustness.py", *shown])
 
     if args.plan:
         total = 0.0
