@@ -34,6 +34,11 @@ samplers, test examples) is never silently reused: the driver stops and names it
 driver writes ``OUT/summary.json`` and regenerates its block of the "Robustness study" section of
 ``docs/results.md`` (``--results``) with the tables, plots (``docs/figures/robustness_<grid>/``)
 and an automatic statement of where the claim holds; missing cells read "not run".
+
+Run directories hold checkpoints and are not committed. So that the tables can be rebuilt (and the
+study continued) on another machine, each finished run's three small JSON files (spec, records,
+timings) are also copied to an archive that is committed, ``benchmarks/results/robustness_<grid>/``
+(``--archive``), laid out like ``OUT``. A run found in either place counts as done.
 """
 
 from __future__ import annotations
@@ -318,6 +323,45 @@ def check_spec(workdir: pathlib.Path, spec: dict) -> None:
 # ---------------------------------------------------------------------------------- running
 
 
+ARCHIVED = ("study_spec.json", "eval_results.json", "study_run.json")
+"""The files of a finished run that the archive keeps (a few kB each)."""
+
+
+def default_archive(grid: Grid) -> pathlib.Path | None:
+    """Where the committed copy of ``grid``'s finished runs lives (none for the smoke grid)."""
+    return (
+        None if grid.tag == "smoke" else ROOT / "benchmarks" / "results" / f"robustness_{grid.tag}"
+    )
+
+
+def finished_dir(cell: Cell, out: pathlib.Path, archive: pathlib.Path | None
+                 ) -> pathlib.Path | None:  # fmt: skip
+    """The directory holding ``cell``'s finished results: its run directory, else its archived
+    copy, else None."""
+    for root in (out, archive):
+        if root is not None and (cell.workdir(root) / "eval_results.json").exists():
+            return cell.workdir(root)
+    return None
+
+
+def archive_run(cell: Cell, out: pathlib.Path, archive: pathlib.Path) -> bool:
+    """Copy ``cell``'s finished run from ``out`` to ``archive`` (each file atomically, results
+    last, so an archived ``eval_results.json`` means the copy is complete). Returns whether
+    anything was copied."""
+    src, dst = cell.workdir(out), cell.workdir(archive)
+    if not (src / "eval_results.json").exists():
+        return False
+    wanted = [n for n in ARCHIVED if (src / n).exists()]
+    if all((dst / n).exists() and (dst / n).read_bytes() == (src / n).read_bytes() for n in wanted):
+        return False
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in sorted(wanted, key=lambda n: n == "eval_results.json"):
+        tmp = dst / f"{name}.tmp"
+        tmp.write_bytes((src / name).read_bytes())
+        os.replace(tmp, dst / name)
+    return True
+
+
 def _write_json(path: pathlib.Path, obj: Any) -> None:
     """Write atomically: a file that exists is complete."""
     tmp = path.with_suffix(".json.tmp")
@@ -350,21 +394,24 @@ Runner = Callable[[Cell, Any, pathlib.Path], dict]
 
 
 def run_study(grid: Grid, out: pathlib.Path, *, runner: Runner = run_cell,
-              time_budget_s: float | None = None, log: Callable[[str], None] = print
-              ) -> dict[Cell, str]:  # fmt: skip
-    """Run every cell of ``grid`` that has no ``eval_results.json`` yet (checking the settings of
-    those that have one, and of half-done ones). Stops starting new runs once ``time_budget_s`` has
-    passed. Returns each cell's status: 'done' (found), 'ran', or 'not started'."""
+              archive: pathlib.Path | None = None, time_budget_s: float | None = None,
+              log: Callable[[str], None] = print) -> dict[Cell, str]:  # fmt: skip
+    """Run every cell of ``grid`` that has no ``eval_results.json`` yet, under ``out`` or in
+    ``archive`` (checking the settings of those that have one, and of half-done ones), and copy
+    each new run to ``archive``. Stops starting new runs once ``time_budget_s`` has passed.
+    Returns each cell's status: 'done' (found), 'ran', or 'not started'."""
     todo = cells(grid)
     specs = {}
     for cell in todo:  # check every existing run before spending any time
         config = build_config(cell, grid)
         specs[cell] = (config, cell_spec(cell, config))
-        check_spec(cell.workdir(out), specs[cell][1])
+        for root in (out, archive):
+            if root is not None:
+                check_spec(cell.workdir(root), specs[cell][1])
     status, t0 = {}, time.time()
     for i, cell in enumerate(todo, start=1):
         workdir = cell.workdir(out)
-        if (workdir / "eval_results.json").exists():
+        if finished_dir(cell, out, archive) is not None:
             status[cell] = "done"
             continue
         if time_budget_s is not None and time.time() - t0 > time_budget_s:
@@ -377,6 +424,8 @@ def run_study(grid: Grid, out: pathlib.Path, *, runner: Runner = run_cell,
         _write_json(workdir / "study_spec.json", spec)
         meta = runner(cell, config, workdir)
         log(f"    train {meta.get('train_s', 0):.0f} s, eval {meta.get('eval_s', 0):.0f} s")
+        if archive is not None:
+            archive_run(cell, out, archive)
         status[cell] = "ran"
     return status
 
@@ -430,15 +479,16 @@ def estimate_seconds(config) -> float:
 # ---------------------------------------------------------------------------------- results
 
 
-def collect(grid: Grid, out: pathlib.Path) -> dict[Cell, dict]:
-    """The finished runs of ``grid`` under ``out``: cell -> {"records", "meta", "spec"}. Runs made
-    with other settings than ``grid`` asks for are left out (with a warning)."""
+def collect(grid: Grid, out: pathlib.Path, archive: pathlib.Path | None = None
+            ) -> dict[Cell, dict]:  # fmt: skip
+    """The finished runs of ``grid`` under ``out`` (else in ``archive``): cell -> {"records",
+    "meta"}. Runs made with other settings than ``grid`` asks for are left out (with a warning)."""
     found = {}
     for cell in cells(grid):
-        workdir = cell.workdir(out)
-        path = workdir / "eval_results.json"
-        if not path.exists():
+        workdir = finished_dir(cell, out, archive)
+        if workdir is None:
             continue
+        path = workdir / "eval_results.json"
         try:
             check_spec(workdir, cell_spec(cell, build_config(cell, grid)))
         except StudyMismatch as e:
@@ -841,13 +891,14 @@ def report_markdown(grid: Grid, found: dict[Cell, dict], summary: dict,
     return "\n".join(lines)
 
 
-def write_report(grid: Grid, out: pathlib.Path, results: pathlib.Path, command: str) -> dict:
-    """Collect the finished runs, write ``out/summary.json``, the plots and the grid's block of
-    ``results``; return the summary."""
+def write_report(grid: Grid, out: pathlib.Path, results: pathlib.Path, command: str,
+                 archive: pathlib.Path | None = None) -> dict:  # fmt: skip
+    """Collect the finished runs (from ``out``, else ``archive``), write ``out/summary.json``, the
+    plots and the grid's block of ``results``; return the summary."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from throughput import write_block  # one section writer for both benchmarks
 
-    found = collect(grid, out)
+    found = collect(grid, out, archive)
     summary = summarize(grid, found)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "summary.json", summary)
@@ -856,7 +907,8 @@ def write_report(grid: Grid, out: pathlib.Path, results: pathlib.Path, command: 
     body = report_markdown(grid, found, summary, figures, results.parent, command)
     intro = ("Does label-space diffusion beat the standard classifier with the same body? Generated "
              "by `benchmarks/robustness.py` (see its docstring for the design); each block below is "
-             "rewritten by the driver from the runs that exist.")  # fmt: skip
+             "rewritten by the driver from the runs that exist, whose records are committed under "
+             "`benchmarks/results/robustness_<grid>/`.")  # fmt: skip
     write_block(results, "robustness-study", grid.tag, body, intro=intro)
     return summary
 
@@ -900,6 +952,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="test images per run (0: all 10,000)")  # fmt: skip
     parser.add_argument("--out", default=None,
                         help="run directory of the study (default runs/study_<grid>)")  # fmt: skip
+    parser.add_argument("--archive", default=None,
+                        help="committed copy of the finished runs' JSON files (default "
+                             "benchmarks/results/robustness_<grid>; 'none' for no archive)")  # fmt: skip
     parser.add_argument("--results", default=None,
                         help="markdown file to update (default docs/results.md; smoke: OUT/report.md)")  # fmt: skip
     parser.add_argument(
@@ -914,6 +969,8 @@ def main(argv: list[str] | None = None) -> None:
     out = pathlib.Path(args.out or ROOT / "runs" / f"study_{grid.tag}")
     results = pathlib.Path(args.results or (out / "report.md" if grid.tag == "smoke"
                                             else ROOT / "docs" / "results.md"))  # fmt: skip
+    archive = (None if args.archive == "none" else
+               pathlib.Path(args.archive) if args.archive else default_archive(grid))  # fmt: skip
     argv = sys.argv[1:] if argv is None else argv
     shown = [a for a in argv if a not in ("--report-only", "--plan")]
     command = " ".join(["python benchmarks/robustness.py", *shown])
@@ -922,7 +979,7 @@ def main(argv: list[str] | None = None) -> None:
         total = 0.0
         for cell in cells(grid):
             config = build_config(cell, grid)
-            state = ("done" if (cell.workdir(out) / "eval_results.json").exists() else
+            state = ("done" if finished_dir(cell, out, archive) is not None else
                      "partly trained" if (cell.workdir(out) / "checkpoints").exists() else "to run")  # fmt: skip
             est = estimate_seconds(config)
             total += 0.0 if state == "done" else est
@@ -932,11 +989,15 @@ def main(argv: list[str] | None = None) -> None:
     if not args.report_only:
         t0 = time.time()
         budget = None if args.time_budget_min is None else 60 * args.time_budget_min
-        status = run_study(grid, out, time_budget_s=budget)
+        status = run_study(grid, out, archive=archive, time_budget_s=budget)
         ran = sum(v == "ran" for v in status.values())
         print(f"{ran} runs in {_hours(time.time() - t0)}; "
               f"{sum(v == 'not started' for v in status.values())} left for another session")  # fmt: skip
-    write_report(grid, out, results, command)
+    if archive is not None:  # runs made before the archive existed, or by an older driver
+        copied = sum(archive_run(cell, out, archive) for cell in cells(grid))
+        if copied:
+            print(f"archived {copied} finished runs to {archive}")
+    write_report(grid, out, results, command, archive)
     print(f"report: {results} (summary: {out / 'summary.json'})")
 
 

@@ -165,6 +165,38 @@ def test_finished_runs_are_skipped_and_a_missing_one_rerun(rb, study, tmp_path):
     assert calls == [] and status[cell] == "not started"
 
 
+def test_archive_alone_rebuilds_the_study_and_continues_it(rb, study, tmp_path):
+    """On a machine without the run directories, the committed archive gives the same summary,
+    counts as done, and a run it lacks is run and archived."""
+    import dataclasses
+    import shutil
+
+    grid, out = study
+    archive = tmp_path / "archive"
+    copied = [rb.archive_run(cell, out, archive) for cell in rb.cells(grid)]
+    assert all(copied) and not any(rb.archive_run(c, out, archive) for c in rb.cells(grid))
+    for cell in rb.cells(grid):  # only the small JSON files, never checkpoints
+        assert {p.name for p in cell.workdir(archive).iterdir()} <= set(rb.ARCHIVED)
+    fresh = tmp_path / "fresh"  # the run directories of another machine: empty
+    assert rb.summarize(grid, rb.collect(grid, fresh, archive)) == rb.summarize(
+        grid, rb.collect(grid, out))  # fmt: skip
+
+    missing = rb.Cell("didirn-resnet", "diffusion", "ratio0.1", 1)
+    shutil.rmtree(missing.workdir(archive))
+    calls = []
+    status = rb.run_study(grid, fresh, runner=fake_runner(rb, calls), archive=archive,
+                          log=lambda s: None)  # fmt: skip
+    assert calls == [missing] and status[missing] == "ran"
+    assert (missing.workdir(archive) / "eval_results.json").exists()
+    assert sum(v == "done" for v in status.values()) == len(rb.cells(grid)) - 1
+
+    # an archived run made with other settings is never reused either
+    other_grid = dataclasses.replace(grid, epochs=0.5, tag="quick")
+    with pytest.raises(rb.StudyMismatch, match="num_steps"):
+        rb.run_study(other_grid, tmp_path / "empty", runner=fake_runner(rb, calls),
+                     archive=archive, log=lambda s: None)  # fmt: skip
+
+
 def test_a_run_with_other_settings_is_never_reused(rb, study):
     grid, out = study
     import dataclasses
