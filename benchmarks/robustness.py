@@ -437,10 +437,11 @@ TRAIN_RATE = {"didirn18": 650.0, "resnet18": 760.0, "vit_ti16": 390.0, "add_vit_
 as the main job measured it; the others scaled by their CPU time per training example relative to
 it (2.76, 2.35, 4.55 and 4.92 CPU-ms at batch 128, measured with ``time.process_time``)."""
 
-FORWARD_PER_TRAIN = 4.0
+FORWARD_PER_TRAIN = 3.4
 """Test-time network evaluations per training example's time. Fitted to the study's own runs: the
-quick grid's DiDiRN-18 evaluations (4.3) and the first full-grid ADD-ViT run (6.9); rounded down,
-so that estimates err long."""
+quick grid's DiDiRN-18 evaluations (4.3), the full grid's ADD-ViT runs (6.9) and its DiDiRN-18 runs
+at 10,000 test images (3.4, 820 s of evaluation each); the lowest, so that evaluation estimates
+err long."""
 
 ADD_HEAD_FRACTION = 0.03
 """One ADD head evaluation relative to one ADD-ViT encoder pass (measured 0.022; rounded up)."""
@@ -657,6 +658,8 @@ def verdict(grid: Grid, summary: dict) -> list[str]:
             text = (f"{title}, {name} ({who}; {seeds} seed{'s' * (seeds > 1)}, "
                     f"{'paired by seed' if seeds > 1 else 'no spread'}): ahead in {len(ahead)} of "
                     f"{len(entries)} conditions run")  # fmt: skip
+            if ahead and behind + mixed + level:  # name them where it is not all of them
+                text += f" ({', '.join(ahead)})"
             if behind:
                 text += f", behind in {', '.join(behind)}"
             if mixed:

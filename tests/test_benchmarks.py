@@ -229,7 +229,7 @@ def test_verdict_names_where_the_claim_fails(rb, study):
     grid, out = study
     lines = rb.verdict(grid, rb.summarize(grid, rb.collect(grid, out)))
     top1 = next(s for s in lines if "top-1 (" in s)
-    assert "ahead in 2 of 3 conditions" in top1 and "behind in ratio0.1" in top1
+    assert "ahead in 2 of 3 conditions run (clean, noise3), behind in ratio0.1" in top1
     assert "does not hold here" in top1
     grows = next(s for s in lines if "with difficulty" in s)
     assert "does not grow" in grows  # the hardest condition (ratio0.1) is the one it loses
