@@ -14,7 +14,8 @@ Three parts, each printing JSON lines and a markdown table:
    the network: the same chain with the network replaced by a free stand-in, over the real chain.
 3. **Projection** (``--project``): FLOPs and bytes that XLA's cost analysis counts for the DiDiRN-50
    224 px bfloat16 train step (at the largest power-of-two batch whose compiled footprint fits the
-   GPU's memory) and for the CP-8 chain, against an H100 SXM's bf16 dense peak and HBM bandwidth.
+   GPU's memory) and for the CP-8 chain, against the bf16 dense peak and HBM bandwidth of an H100
+   SXM or an H200 (``--gpu``).
    This is a roofline BOUND, a projection, never a measurement: it says how fast the step could be if
    it ran at the GPU's peak arithmetic or memory rate, whichever binds.
 
@@ -52,13 +53,21 @@ if str(ROOT) not in sys.path:  # the configs package lives at the repository roo
 from didiff_jax import distributed, losses, optim, samplers, sharding, train  # noqa: E402
 from didiff_jax.data import pipeline  # noqa: E402
 
-H100_SXM = {
-    "name": "NVIDIA H100 SXM (80 GB HBM3)",
-    "peak_flops": 989e12,  # bf16 dense tensor-core peak, FLOP/s
-    "bandwidth": 3.35e12,  # HBM3, bytes/s
-    "memory": 80e9,  # bytes
+GPUS = {
+    "h100": {
+        "name": "NVIDIA H100 SXM (80 GB HBM3)",
+        "peak_flops": 989e12,  # bf16 dense tensor-core peak, FLOP/s
+        "bandwidth": 3.35e12,  # HBM3, bytes/s
+        "memory": 80e9,  # bytes
+    },
+    "h200": {
+        "name": "NVIDIA H200 SXM (141 GB HBM3e)",
+        "peak_flops": 989e12,  # the same Hopper tensor cores as the H100 SXM
+        "bandwidth": 4.8e12,  # HBM3e, bytes/s
+        "memory": 141e9,  # bytes
+    },
 }
-"""The GPU the projection is made for (NVIDIA's data-sheet figures)."""
+"""The GPUs a projection can be made for (NVIDIA's data-sheet figures), by ``--gpu`` name."""
 
 
 # ------------------------------------------------------------------------------- XLA's counts
@@ -379,8 +388,8 @@ def sampler_grid(args) -> list[dict]:
 
 def projection(args) -> list[dict]:
     """The roofline PROJECTION of the DiDiRN-50 224 px bfloat16 train step and CP-8 chain on the GPU
-    of ``H100_SXM``, from XLA's counts on this machine's compiler."""
-    gpu = H100_SXM
+    ``GPUS[args.gpu]``, from XLA's counts on this machine's compiler."""
+    gpu = GPUS[args.gpu]
     config = imagenet_config("didirn", 50, 224, "bfloat16")
     info = imagenet_info(224)
 
@@ -423,6 +432,7 @@ def projection(args) -> list[dict]:
                                             bandwidth=gpu["bandwidth"])})  # fmt: skip
     for r in rows:
         r["images_per_s_bound"] = r["batch"] / r["bound_s"]
+        r["gpu"] = args.gpu
         print(json.dumps(r), flush=True)
     return rows
 
@@ -464,9 +474,11 @@ def markdown(rows: list[dict]) -> str:
                        f"{100 * r['outside_share']:.1f}% | "
                        f"{r['network_only_cpu_ms_per_image']:.3f} |")  # fmt: skip
         out.append("")
-    proj = [r for r in rows if r["part"] == "project" and "what" in r]
-    if proj:
-        g = H100_SXM
+    proj_rows = [r for r in rows if r["part"] == "project" and "what" in r]
+    # rows from before --gpu existed have no "gpu" key: they were made for the H100
+    for gpu_key in dict.fromkeys(r.get("gpu", "h100") for r in proj_rows):
+        proj = [r for r in proj_rows if r.get("gpu", "h100") == gpu_key]
+        g = GPUS[gpu_key]
         out += [f"PROJECTION for {g['name']} (roofline bound from XLA's counts on this machine's "
                 f"compiler, NOT a measurement; {g['peak_flops'] / 1e12:.0f} TFLOP/s bf16 dense, "
                 f"{g['bandwidth'] / 1e12:.2f} TB/s). Compute term = FLOPs / peak, memory term = bytes "
@@ -532,18 +544,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sampler-steps", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--sampler-batch", type=int, default=64)
     parser.add_argument("--sampler-classes", type=int, default=10)
+    parser.add_argument("--gpu", choices=sorted(GPUS), default="h100",
+                        help="the GPU of the projection")  # fmt: skip
     parser.add_argument("--project-batch", type=int, default=0,
                         help="batch of the projection (0: the largest that fits the GPU)")  # fmt: skip
     parser.add_argument("--json", default="", help="also write all rows to this file")
     parser.add_argument("--write-results", default="",
                         help="replace the generated Speed block of this markdown file")  # fmt: skip
-    parser.add_argument("--from-json", default="",
-                        help="measure nothing: render the tables of a --json file of an earlier run")  # fmt: skip
+    parser.add_argument("--from-json", nargs="*", default=[],
+                        help="measure nothing: render the tables of --json files of earlier runs "
+                             "(several: their rows together, each command with its machine)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.from_json:
-        saved = json.loads(pathlib.Path(args.from_json).read_text())
-        render(saved["rows"], saved["machine"], saved["command"], saved["wall_s"],
-               args.write_results, quick="--quick" in saved["command"])  # fmt: skip
+        runs = [json.loads(pathlib.Path(f).read_text()) for f in args.from_json]
+        render([r for run in runs for r in run["rows"]], runs, args.write_results,
+               quick=all("--quick" in run["command"] for run in runs))  # fmt: skip
         return
     if args.quick:
         args.sizes, args.batches, args.max_batch = [32], [32, 64], 64
@@ -566,18 +581,18 @@ def main(argv: list[str] | None = None) -> None:
         rows += projection(args)
     wall = time.time() - t0
     command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    run = {"machine": distributed.describe_machine(), "command": command, "wall_s": wall,
+           "rows": rows}  # fmt: skip
     if args.json:
-        pathlib.Path(args.json).write_text(json.dumps({"machine": distributed.describe_machine(), "command": command,
-                                                       "wall_s": wall, "rows": rows}, indent=1))  # fmt: skip
-    render(
-        rows, distributed.describe_machine(), command, wall, args.write_results, quick=args.quick
-    )
+        pathlib.Path(args.json).write_text(json.dumps(run, indent=1))
+    render(rows, [run], args.write_results, quick=args.quick)
 
 
-def render(rows: list[dict], host: str, command: str, wall: float, results: str, *,
-           quick: bool) -> None:  # fmt: skip
-    """Print the tables; with ``results``, also replace the Speed block (tag quick/full) there."""
-    header = f"{host}; {wall / 60:.1f} min wall for the whole command.\n\n    {command}\n"
+def render(rows: list[dict], runs: list[dict], results: str, *, quick: bool) -> None:
+    """Print the tables of ``rows``, headed by each run's machine, wall time and command; with
+    ``results``, also replace the Speed block (tag quick/full) there."""
+    header = "\n".join(f"{run['machine']}; {run['wall_s'] / 60:.1f} min wall for the whole "
+                       f"command.\n\n    {run['command']}\n" for run in runs)  # fmt: skip
     table = markdown(rows)
     print("\n" + header + "\n" + table)
     if results:

@@ -346,6 +346,38 @@ def test_write_block_inserts_in_its_section_and_replaces_itself(tp, tmp_path):
     assert speed < text.index("second") < text.index("sf") < robust < text.index("rq")
 
 
+def test_projection_tables_name_each_rows_gpu_and_its_bound(tp, tmp_path):
+    def row(gpu, flops, nbytes):
+        g = tp.GPUS[gpu]
+        r = {"part": "project", "what": "step", "batch": 64, "gpu": gpu,
+             **tp.roofline(flops, nbytes, peak_flops=g["peak_flops"], bandwidth=g["bandwidth"])}  # fmt: skip
+        r["images_per_s_bound"] = r["batch"] / r["bound_s"]
+        return r
+
+    legacy = row("h100", 1e12, 1e10)
+    del legacy["gpu"]  # rows written before --gpu existed were made for the H100
+    h200 = row("h200", 1e12, 1e10)
+    # the same bytes move faster over the H200's HBM3e: a lower memory term, a higher bound
+    assert h200["memory_s"] == pytest.approx(legacy["memory_s"] * 3.35 / 4.8)
+    assert h200["images_per_s_bound"] > legacy["images_per_s_bound"]
+    files = []
+    for i, rows in enumerate(([legacy], [h200])):
+        files.append(tmp_path / f"run{i}.json")
+        files[-1].write_text(json.dumps({"machine": f"machine {i}", "command": f"cmd {i}",
+                                         "wall_s": 60.0, "rows": rows}))  # fmt: skip
+    results = tmp_path / "results.md"
+    tp.main(["--from-json", *map(str, files), "--write-results", str(results)])
+    text = results.read_text()
+    assert "<!-- speed:full:begin -->" in text  # not every run was --quick
+    assert text.index("machine 0") < text.index("cmd 0") < text.index("machine 1")
+    h100_at, h200_at = (
+        text.index("PROJECTION for NVIDIA H100"),
+        text.index("PROJECTION for NVIDIA H200"),
+    )
+    assert h100_at < h200_at
+    assert f"{h200['images_per_s_bound']:,.0f}" in text[h200_at:]
+
+
 # ------------------------------------------------------------------------------- end to end
 
 
