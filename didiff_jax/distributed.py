@@ -204,16 +204,26 @@ def exit_on_error():
 
 
 def describe_machine() -> str:
-    """This machine in one line, for benchmark reports: host CPU model and cores, the
-    accelerators if any (all processes' devices), and the JAX version."""
+    """This machine in one line, for benchmark reports: host CPU model, its widest x86 vector
+    extension and cores, the accelerators if any (all processes' devices), and the JAX version.
+
+    The vector extension is there because cloud VMs often give only the vendor's family as the
+    model ("AMD EPYC"): two such 2-core VMs trained the same study run 1.6x apart
+    (docs/results.md), and the model name alone did not tell them apart."""
     import platform
 
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = "", set()
     with contextlib.suppress(OSError):
         for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not cpu:
+                cpu = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    cpu = cpu or platform.processor() or platform.machine()
+    isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"))
+                if flag in flags), "")  # fmt: skip
     dev = jax.devices()[0]
     accel = "" if dev.platform == "cpu" else f", {jax.device_count()} x {dev.device_kind}"
-    return f"{cpu}, {os.cpu_count()} cores{accel}; jax {jax.__version__}"
+    isa = f" ({isa})" if isa else ""
+    return f"{cpu}{isa}, {os.cpu_count()} cores{accel}; jax {jax.__version__}"
