@@ -37,9 +37,12 @@ from jax.experimental import multihost_utils
 from didiff_jax import checkpoint, metrics, optim, plots, samplers, sharding
 from didiff_jax.data import captions, pipeline
 from didiff_jax.losses import ctmc_schedule, onehot_sampling
-from didiff_jax.train import host_params, init_train_state
+from didiff_jax.train import hms, host_params, init_train_state
 
 log = logging.getLogger("didiff_jax")
+
+PROGRESS_EVERY_S = 30.0
+"""A sweep prints a progress line (batches done, ETA) at most this often, per condition."""
 
 
 # ------------------------------------------------------------------------------- predictors
@@ -213,7 +216,12 @@ def sweep(config: ml_collections.ConfigDict, graphdef, state, info, mesh, *, run
         data = pipeline.eval_dataset(config.data, info, split="test", global_batch_size=batch_size,
                                      kind=None if kind == "clean" else kind, severity=severity,
                                      source=source, max_examples=max_examples)  # fmt: skip
+        shown = time.time()
         for i, local in enumerate(data):
+            if i and jax.process_index() == 0 and time.time() - shown >= PROGRESS_EVERY_S:
+                shown, rate = time.time(), i / (time.time() - t0)  # batches/s, compiles included
+                print(f"eval {config.model.name} {kind} severity {severity}: batch {i}/{len(data)}"
+                      f" | ETA {hms((len(data) - i) / rate)}", flush=True)  # fmt: skip
             batch = pipeline.to_global(local, batch_sharding)
             labels, mask = _gather(batch["label"]), _gather(batch["mask"])
             for (label, steps), fn in fns.items():

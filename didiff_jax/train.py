@@ -147,9 +147,7 @@ class Progress:
                 self.writer.add_scalar(f"train/{name}", value, step)
             self.writer.flush()
         shown = " | ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-        print(
-            f"step {step}/{self.total} | {shown} | {rate:,.0f} ex/s | ETA {_hms(eta)}", flush=True
-        )
+        print(f"step {step}/{self.total} | {shown} | {rate:,.0f} ex/s | ETA {hms(eta)}", flush=True)
 
 
 def tensorboard_writer(workdir: str):
@@ -163,7 +161,8 @@ def tensorboard_writer(workdir: str):
     return SummaryWriter(str(checkpoint.workdir_path(workdir) / "tensorboard"))
 
 
-def _hms(seconds: float) -> str:
+def hms(seconds: float) -> str:
+    """``seconds`` as ``1h05m`` (an hour or more) or ``4m07s``, for progress lines."""
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else (
         f"{seconds // 60}m{seconds % 60:02d}s")  # fmt: skip

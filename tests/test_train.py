@@ -100,16 +100,22 @@ def test_smoke_trains_saves_resumes_and_evaluates(tmp_path):
         (fashion_mnist_add_vit, "smoke,mdd", "masked"),
     ],
 )
-def test_other_configs_train_resume_and_evaluate(tmp_path, module, variant, sampler):
+def test_other_configs_train_resume_and_evaluate(tmp_path, module, variant, sampler, monkeypatch,
+                                                capsys):  # fmt: skip
+    monkeypatch.setattr(evaluate, "PROGRESS_EVERY_S", 0.0)  # a progress line at every batch
     config = module.get_config(variant)
     config.model.width = 8 if "resnet" in config.model.name else 24
     config.eval.after_train = False
     train.train_and_evaluate(config, str(tmp_path))
     config.num_steps = 6
     train.train_and_evaluate(config, str(tmp_path))  # resumes at 4
+    capsys.readouterr()
     records = evaluate.evaluate(config, str(tmp_path))
     assert sampler in {r["sampler"] for r in records}
     assert all(0.0 <= r["top1"] <= 1.0 and np.isfinite(r["nll"]) for r in records)
+    out = capsys.readouterr().out  # 32 test images in batches of 16: 2 per condition
+    assert "clean severity 0: batch 1/2 | ETA" in out
+    assert "gaussian_noise severity 3: batch 1/2 | ETA" in out
 
 
 def run_main(workdir, *extra, check=True):
