@@ -38,7 +38,7 @@ import pathlib
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -212,8 +212,8 @@ def measure_train(config, info, batch: int, *, repeats: int, max_bytes: float,
             "device_peak_bytes": device_peak_bytes()}  # fmt: skip
 
 
-def train_grid(args) -> list[dict]:
-    rows = []
+def train_grid(args) -> Iterator[dict]:
+    """The training-throughput rows, one per (size, depth, model, dtype, batch), as measured."""
     max_bytes = args.max_gib * 2**30
     for size in args.sizes:
         for depth in args.depths:
@@ -230,12 +230,10 @@ def train_grid(args) -> list[dict]:
                         row.update(measure_train(config, imagenet_info(size), batch,
                                                  repeats=args.repeats, max_bytes=max_bytes,
                                                  max_step_s=args.max_step_s))  # fmt: skip
-                        rows.append(row)
-                        print(json.dumps(row), flush=True)
+                        yield row
                         if row["status"] != "ok":
                             break
                         batch *= 2
-    return rows
 
 
 # ---------------------------------------------------------------------------------- samplers
@@ -356,9 +354,9 @@ def sampler_chains(kind: str, options: dict, model, config, num_classes: int, nu
     return jax.jit(chain), jax.jit(null_chain), jax.jit(network_only), evals
 
 
-def sampler_grid(args) -> list[dict]:
+def sampler_grid(args) -> Iterator[dict]:
+    """The sampler-latency rows, one per (sampler, steps), as measured."""
     nets = study_networks(args.sampler_classes)
-    rows = []
     key = jax.random.key(1)
     for label, kind, options in SAMPLERS:
         model, config, info = nets[kind]
@@ -378,15 +376,13 @@ def sampler_grid(args) -> list[dict]:
                    "network_evals": evals, "ms_per_image": 1e3 * t_chain / B,
                    "cpu_ms_per_image": 1e3 * c_chain / B, "outside_share": c_null / c_chain,
                    "network_only_cpu_ms_per_image": 1e3 * c_net / B}  # fmt: skip
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    return rows
+            yield row
 
 
 # -------------------------------------------------------------------------------- projection
 
 
-def projection(args) -> list[dict]:
+def projection(args) -> Iterator[dict]:
     """The roofline PROJECTION of the DiDiRN-50 224 px bfloat16 train step and CP-8 chain on the GPU
     ``GPUS[args.gpu]``, from XLA's counts on this machine's compiler."""
     gpu = GPUS[args.gpu]
@@ -433,8 +429,7 @@ def projection(args) -> list[dict]:
     for r in rows:
         r["images_per_s_bound"] = r["batch"] / r["bound_s"]
         r["gpu"] = args.gpu
-        print(json.dumps(r), flush=True)
-    return rows
+        yield r
 
 
 # ------------------------------------------------------------------------------------ tables
@@ -572,27 +567,41 @@ def main(argv: list[str] | None = None) -> None:
         args.max_gib = limit / 2**30
 
     t0 = time.time()
-    rows = []
-    if "train" in args.parts:
-        rows += train_grid(args)
-    if "sampler" in args.parts:
-        rows += sampler_grid(args)
-    if "project" in args.parts:
-        rows += projection(args)
-    wall = time.time() - t0
     command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    run = {"machine": distributed.describe_machine(), "command": command, "wall_s": wall,
-           "rows": rows}  # fmt: skip
+    run = {"machine": distributed.describe_machine(), "command": command, "wall_s": 0.0,
+           "complete": False, "rows": []}  # fmt: skip
+    parts = {"train": train_grid, "sampler": sampler_grid, "project": projection}
+    for part in (p for p in parts if p in args.parts):
+        for row in parts[part](args):
+            print(json.dumps(row), flush=True)
+            run["rows"].append(row)
+            run["wall_s"] = time.time() - t0
+            if args.json:  # after every row: a killed run keeps what it measured
+                _write_json(pathlib.Path(args.json), run)
+    run["wall_s"], run["complete"] = time.time() - t0, True
     if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(run, indent=1))
-    render(rows, [run], args.write_results, quick=args.quick)
+        _write_json(pathlib.Path(args.json), run)
+    render(run["rows"], [run], args.write_results, quick=args.quick)
+
+
+def _write_json(path: pathlib.Path, run: dict) -> None:
+    """Write ``run`` to ``path`` atomically (a temporary file, then a rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(run, indent=1))
+    os.replace(tmp, path)
 
 
 def render(rows: list[dict], runs: list[dict], results: str, *, quick: bool) -> None:
     """Print the tables of ``rows``, headed by each run's machine, wall time and command; with
     ``results``, also replace the Speed block (tag quick/full) there."""
-    header = "\n".join(f"{run['machine']}; {run['wall_s'] / 60:.1f} min wall for the whole "
-                       f"command.\n\n    {run['command']}\n" for run in runs)  # fmt: skip
+
+    def wall(run: dict) -> str:
+        if run.get("complete", True):  # files from before "complete" existed hold whole runs
+            return f"{run['wall_s'] / 60:.1f} min wall for the whole command"
+        return f"STOPPED after {run['wall_s'] / 60:.1f} min, {len(run['rows'])} rows measured"
+
+    header = "\n".join(f"{run['machine']}; {wall(run)}.\n\n    {run['command']}\n"
+                       for run in runs)  # fmt: skip
     table = markdown(rows)
     print("\n" + header + "\n" + table)
     if results:

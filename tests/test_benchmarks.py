@@ -378,6 +378,25 @@ def test_projection_tables_name_each_rows_gpu_and_its_bound(tp, tmp_path):
     assert f"{h200['images_per_s_bound']:,.0f}" in text[h200_at:]
 
 
+def test_a_killed_run_keeps_the_rows_it_measured(tp, tmp_path, monkeypatch):
+    def grid(args):
+        yield {"part": "train", "model": "didirn18", "stem": "reference", "size": 64,
+               "dtype": "float32", "batch": 32, "footprint_bytes": 2**30, "xla_flops": 32e9,
+               "status": "ok", "examples_per_s": 4.0, "examples_per_cpu_s": 2.0}  # fmt: skip
+        raise KeyboardInterrupt  # killed while measuring the second row
+
+    monkeypatch.setattr(tp, "train_grid", grid)
+    path = tmp_path / "train.json"
+    with pytest.raises(KeyboardInterrupt):
+        tp.main(["--parts", "train", "--json", str(path)])
+    saved = json.loads(path.read_text())
+    assert not saved["complete"] and [r["batch"] for r in saved["rows"]] == [32]
+    results = tmp_path / "results.md"
+    tp.main(["--from-json", str(path), "--write-results", str(results)])
+    text = results.read_text()
+    assert "STOPPED after" in text and "| didirn18 | reference | 64 | float32 | 32 | 4.0 |" in text
+
+
 # ------------------------------------------------------------------------------- end to end
 
 
