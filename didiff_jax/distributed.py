@@ -208,7 +208,7 @@ def describe_machine() -> str:
     extension and cores, the accelerators if any (all processes' devices), and the JAX version.
 
     The vector extension is there because cloud VMs often give only the vendor's family as the
-    model ("AMD EPYC"): two such 2-core VMs trained the same study run 1.6x apart
+    model ("AMD EPYC"): two such 2-core VMs trained the same study run 1.9x apart
     (docs/results.md), and the model name alone did not tell them apart."""
     import platform
 
