@@ -937,6 +937,31 @@ def grid_from_args(args) -> Grid:
     return grid
 
 
+def report_grid(grid: Grid) -> Grid:
+    """The grid a report covers: the whole named grid (full, quick, smoke) at ``grid``'s budget,
+    joined with whatever ``grid`` selects beyond it. A run of a subset (``--seeds 1 --conditions
+    ratio0.01``) adds its runs to the report; it does not shrink the report to them."""
+    base = GRIDS[grid.tag]
+    return dataclasses.replace(
+        grid,
+        pairs=tuple(p for p in PAIRS if p in base.pairs or p in grid.pairs),
+        conditions=tuple(c for c in CONDITIONS if c in base.conditions or c in grid.conditions),
+        seeds=tuple(sorted(set(base.seeds) | set(grid.seeds))),
+    )
+
+
+def report_command(args) -> str:
+    """The command that rebuilds (and resumes) the whole report: the grid and budget flags of
+    ``args``, not its selection of pairs, conditions, seeds or time."""
+    flags = ["--quick"] * args.quick + ["--smoke"] * args.smoke
+    for flag, value in (("--epochs", args.epochs), ("--eval-examples", args.eval_examples),
+                        ("--out", args.out), ("--archive", args.archive),
+                        ("--results", args.results)):  # fmt: skip
+        if value is not None:
+            flags += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    return " ".join(["python benchmarks/robustness.py", *flags])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     mode = parser.add_mutually_exclusive_group()
@@ -974,9 +999,6 @@ def main(argv: list[str] | None = None) -> None:
                                             else ROOT / "docs" / "results.md"))  # fmt: skip
     archive = (None if args.archive == "none" else
                pathlib.Path(args.archive) if args.archive else default_archive(grid))  # fmt: skip
-    argv = sys.argv[1:] if argv is None else argv
-    shown = [a for a in argv if a not in ("--report-only", "--plan")]
-    command = " ".join(["python benchmarks/robustness.py", *shown])
 
     if args.plan:
         total = 0.0
@@ -1000,7 +1022,7 @@ def main(argv: list[str] | None = None) -> None:
         copied = sum(archive_run(cell, out, archive) for cell in cells(grid))
         if copied:
             print(f"archived {copied} finished runs to {archive}")
-    write_report(grid, out, results, command, archive)
+    write_report(report_grid(grid), out, results, report_command(args), archive)
     print(f"report: {results} (summary: {out / 'summary.json'})")
 
 

@@ -5,6 +5,7 @@ end-to-end smoke run of the study driver is marked slow."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import math
@@ -307,6 +308,28 @@ def test_pooled_reliability_is_count_weighted(rb):
     assert pooled["accuracy"] == pytest.approx([(2 * 1.0 + 6 * 0.5) / 8, 0.25])
 
 
+def test_a_subset_run_reports_the_whole_grid_and_its_own_runs(rb):
+    argv = ["--pairs", "didirn-resnet", "--seeds", "1", "--conditions", "ratio0.01",
+            "--time-budget-min", "45"]  # fmt: skip
+    args = argparse.Namespace(quick=False, smoke=False, pairs=["didirn-resnet"], seeds=[1],
+                              conditions=["ratio0.01"], epochs=None, eval_examples=None,
+                              out=None, archive=None, results=None)  # fmt: skip
+    grid = rb.grid_from_args(args)
+    assert grid.seeds == (1,) and grid.pairs == ("didirn-resnet",)  # what this invocation runs
+    report = rb.report_grid(grid)  # what its report shows: all of the full grid
+    assert report == rb.GRIDS["full"]
+    assert rb.report_command(args) == "python benchmarks/robustness.py"
+    assert not any(a in rb.report_command(args) for a in argv)
+    # a selection beyond the named grid joins it, in the grid's own order
+    smoke = rb.grid_from_args(argparse.Namespace(**{**vars(args), "smoke": True, "seeds": [3],
+                                                    "conditions": ["ratio0.1", "clean"]}))  # fmt: skip
+    joined = rb.report_grid(smoke)
+    assert joined.conditions == ("clean", "noise3", "ratio0.1") and joined.seeds == (0, 3)
+    assert joined.pairs == rb.GRIDS["smoke"].pairs and joined.eval_examples == 32
+    quick = argparse.Namespace(**{**vars(args), "quick": True, "epochs": 2.0})
+    assert rb.report_command(quick) == "python benchmarks/robustness.py --quick --epochs 2"
+
+
 # ------------------------------------------------------------------------------- throughput
 
 
@@ -413,4 +436,5 @@ def test_study_driver_end_to_end_at_smoke_size(rb, tmp_path):
     assert (
         out / "didirn-resnet/clean/fashion_mnist_didirn_seed0/eval_results.json"
     ).stat() == stamp
-    assert "4 of 4 runs done" in results.read_text()
+    # the report covers the smoke grid (2 pairs x clean, noise3) and the selected ratio0.1 too
+    assert "4 of 12 runs done" in results.read_text()
