@@ -44,6 +44,7 @@ timings) are also copied to an archive that is committed, ``benchmarks/results/r
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import importlib
 import itertools
@@ -819,11 +820,13 @@ def report_markdown(grid: Grid, found: dict[Cell, dict], summary: dict,
     lines += ["", "Made (and resumable) with:", "", f"    {command}", ""]
     train_s = sum(r["meta"].get("train_s", 0.0) for r in found.values())
     eval_s = sum(r["meta"].get("eval_s", 0.0) for r in found.values())
-    machines = sorted({r["meta"].get("machine", "unknown") for r in found.values()})
+    machines = collections.Counter(r["meta"].get("machine", "unknown") for r in found.values())
     if found:
+        where = "; ".join(f"{n} run{'s' * (n > 1)} on {m.replace(';', ',')}"
+                          for m, n in sorted(machines.items()))  # fmt: skip
         lines.append(f"Wall-clock of the runs: {_hours(train_s)} training, {_hours(eval_s)} "
                      f"evaluation (sum over runs; a resumed run counts its last session only); "
-                     f"machine: {'; '.join(machines)}.")  # fmt: skip
+                     f"{where}.")  # fmt: skip
         lines.append("")
 
     lines += ["**Where the claim holds (generated from the table below):**", ""]

@@ -288,6 +288,7 @@ def test_report_keeps_other_sections_and_marks_missing_cells(rb, study, tmp_path
     assert first.count("## Robustness study") == 1  # its own section, added at the end
     assert "| 7 px | not run | not run | not run |" in first
     assert "12 of 16 runs done" in first
+    assert "12 runs on test machine." in first  # each machine with its number of runs
     for name in ("gain_vs_difficulty", "accuracy_vs_steps", "accuracy_vs_severity",
                  "reliability_didirn", "reliability_resnet"):  # fmt: skip
         png = results.parent / "figures" / "robustness_smoke" / f"{name}.png"
