@@ -63,6 +63,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the configs package lives at the repository root
     sys.path.insert(0, str(ROOT))
 
+if str(ROOT / "benchmarks") not in sys.path:  # the throughput benchmark, for its writers
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from throughput import write_block, write_json  # noqa: E402  (one set of writers for both)
+
 from didiff_jax import distributed  # noqa: E402
 from didiff_jax.data import corruptions  # noqa: E402
 
@@ -363,13 +368,6 @@ def archive_run(cell: Cell, out: pathlib.Path, archive: pathlib.Path) -> bool:
     return True
 
 
-def _write_json(path: pathlib.Path, obj: Any) -> None:
-    """Write atomically: a file that exists is complete."""
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 def run_cell(cell: Cell, config, workdir: pathlib.Path) -> dict:
     """Train (or resume) and evaluate one run; writes ``eval_results.json`` (the records of its
     test condition, as the main job writes them) and ``study_run.json`` (timings, machine).
@@ -386,8 +384,8 @@ def run_cell(cell: Cell, config, workdir: pathlib.Path) -> dict:
                                 run_dir=str(workdir))  # fmt: skip
     meta = {"train_s": t1 - t0, "eval_s": time.time() - t1, "resumed": resumed,
             "machine": distributed.describe_machine(), "command": " ".join(["python", *sys.argv])}  # fmt: skip
-    _write_json(workdir / "study_run.json", meta)
-    _write_json(workdir / "eval_results.json", {"records": records})
+    write_json(workdir / "study_run.json", meta)
+    write_json(workdir / "eval_results.json", {"records": records})
     return meta
 
 
@@ -422,7 +420,7 @@ def run_study(grid: Grid, out: pathlib.Path, *, runner: Runner = run_cell,
         log(f"[{i}/{len(todo)}] {workdir}: {spec['num_steps']} steps of {spec['batch_size']}, "
             f"{len(config.eval.samplers)} sampler entries")  # fmt: skip
         workdir.mkdir(parents=True, exist_ok=True)
-        _write_json(workdir / "study_spec.json", spec)
+        write_json(workdir / "study_spec.json", spec)
         meta = runner(cell, config, workdir)
         log(f"    train {meta.get('train_s', 0):.0f} s, eval {meta.get('eval_s', 0):.0f} s")
         if archive is not None:
@@ -901,13 +899,10 @@ def write_report(grid: Grid, out: pathlib.Path, results: pathlib.Path, command: 
                  archive: pathlib.Path | None = None) -> dict:  # fmt: skip
     """Collect the finished runs (from ``out``, else ``archive``), write ``out/summary.json``, the
     plots and the grid's block of ``results``; return the summary."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from throughput import write_block  # one section writer for both benchmarks
-
     found = collect(grid, out, archive)
     summary = summarize(grid, found)
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     fig_dir = results.parent / "figures" / f"robustness_{grid.tag}"
     figures = make_plots(grid, found, summary, fig_dir) if found else {}
     body = report_markdown(grid, found, summary, figures, results.parent, command)

@@ -577,17 +577,18 @@ def main(argv: list[str] | None = None) -> None:
             run["rows"].append(row)
             run["wall_s"] = time.time() - t0
             if args.json:  # after every row: a killed run keeps what it measured
-                _write_json(pathlib.Path(args.json), run)
+                write_json(pathlib.Path(args.json), run)
     run["wall_s"], run["complete"] = time.time() - t0, True
     if args.json:
-        _write_json(pathlib.Path(args.json), run)
+        write_json(pathlib.Path(args.json), run)
     render(run["rows"], [run], args.write_results, quick=args.quick)
 
 
-def _write_json(path: pathlib.Path, run: dict) -> None:
-    """Write ``run`` to ``path`` atomically (a temporary file, then a rename)."""
+def write_json(path: pathlib.Path, obj: Any) -> None:
+    """Write ``obj`` to ``path`` atomically (a temporary file, then a rename): a file that exists
+    is complete. Both benchmarks write their JSON through it."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(run, indent=1))
+    tmp.write_text(json.dumps(obj, indent=1))
     os.replace(tmp, path)
 
 

@@ -218,8 +218,9 @@ def sweep(config: ml_collections.ConfigDict, graphdef, state, info, mesh, *, run
                                      source=source, max_examples=max_examples)  # fmt: skip
         shown = time.time()
         for i, local in enumerate(data):
-            if i and jax.process_index() == 0 and time.time() - shown >= PROGRESS_EVERY_S:
-                shown, rate = time.time(), i / (time.time() - t0)  # batches/s, compiles included
+            now = time.time()
+            if i and jax.process_index() == 0 and now - shown >= PROGRESS_EVERY_S:
+                shown, rate = now, i / (now - t0)  # batches/s, compiles included
                 print(f"eval {config.model.name} {kind} severity {severity}: batch {i}/{len(data)}"
                       f" | ETA {hms((len(data) - i) / rate)}", flush=True)  # fmt: skip
             batch = pipeline.to_global(local, batch_sharding)
