@@ -551,6 +551,9 @@ def main(argv: list[str] | None = None) -> None:
                              "(several: their rows together, each command with its machine)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.from_json:
+        missing = [f for f in args.from_json if not pathlib.Path(f).is_file()]
+        if missing:
+            parser.error(f"--from-json: no such file {', '.join(missing)}")
         runs = [json.loads(pathlib.Path(f).read_text()) for f in args.from_json]
         render([r for run in runs for r in run["rows"]], runs, args.write_results,
                quick=all("--quick" in run["command"] for run in runs))  # fmt: skip
