@@ -198,6 +198,26 @@ def test_archive_alone_rebuilds_the_study_and_continues_it(rb, study, tmp_path):
                      archive=archive, log=lambda s: None)  # fmt: skip
 
 
+def test_machine_speed_is_the_median_ratio_of_unresumed_runs_on_that_machine(rb, study, tmp_path):
+    import shutil
+
+    grid, out = study
+    ratios = [15.0 / rb.estimate_seconds(rb.build_config(c, grid)) for c in rb.cells(grid)]
+    assert rb.machine_speed(grid, out, None, "test machine") == (np.median(ratios), 12)
+    assert rb.machine_speed(grid, out, None, "another machine") is None
+
+    other = tmp_path / "copy"
+    shutil.copytree(out, other)
+    slow = rb.Cell("didirn-resnet", "diffusion", "clean", 0)
+    meta = {"train_s": 1e6, "eval_s": 0.0, "machine": "test machine", "resumed": True}
+    (slow.workdir(other) / "study_run.json").write_text(json.dumps(meta))
+    (rb.Cell("didirn-resnet", "baseline", "clean", 0).workdir(other) / "study_run.json").unlink()
+    kept = [
+        r for c, r in zip(rb.cells(grid), ratios, strict=True) if c.condition != "clean" or c.seed
+    ]
+    assert rb.machine_speed(grid, other, None, "test machine") == (np.median(kept), 10)
+
+
 def test_a_run_with_other_settings_is_never_reused(rb, study):
     grid, out = study
     import dataclasses
