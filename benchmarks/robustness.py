@@ -475,23 +475,18 @@ def estimate_seconds(config) -> float:
     return train_s + examples * evals / (FORWARD_PER_TRAIN * rate) + programs * COMPILE_S
 
 
-def machine_speed(grid: Grid, out: pathlib.Path, archive: pathlib.Path | None,
-                  machine: str) -> tuple[float, int] | None:  # fmt: skip
-    """How this machine compares with the estimate: the median, over ``grid``'s finished runs
-    recorded on ``machine`` and trained in one go (a resumed run's ``train_s`` is partial), of
-    measured wall seconds over ``estimate_seconds``; and how many runs that is. None if there
-    are none. The estimate is fitted to one 2-core VM; another ran the same runs 1.9x slower."""
-    ratios = []
-    for cell in cells(grid):
-        workdir = finished_dir(cell, out, archive)
-        meta_path = None if workdir is None else workdir / "study_run.json"
-        if meta_path is None or not meta_path.exists():
-            continue
-        meta = json.loads(meta_path.read_text())
-        if meta.get("machine") != machine or meta.get("resumed"):
-            continue
-        measured = meta.get("train_s", 0.0) + meta.get("eval_s", 0.0)
-        ratios.append(measured / estimate_seconds(build_config(cell, grid)))
+def machine_speed(grid: Grid, found: dict[Cell, dict], machine: str) -> tuple[float, int] | None:
+    """How this machine compares with the estimate: the median, over the finished runs ``found``
+    (``collect``) recorded on ``machine`` and trained in one go (a resumed run's ``train_s`` is
+    partial), of measured wall seconds over ``estimate_seconds``; and how many runs that is. None
+    if there are none. The estimate is fitted to one 2-core VM; another ran the same runs 1.9x
+    slower."""
+    ratios = [
+        (run["meta"].get("train_s", 0.0) + run["meta"].get("eval_s", 0.0))
+        / estimate_seconds(build_config(cell, grid))
+        for cell, run in found.items()
+        if run["meta"].get("machine") == machine and not run["meta"].get("resumed")
+    ]
     return (float(np.median(ratios)), len(ratios)) if ratios else None
 
 
@@ -1028,7 +1023,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{cell.workdir(out)}: {state}, ~{est / 60:.1f} min")
         print(f"remaining, estimated for 2 idle cores: {_hours(total)}")
         machine = distributed.describe_machine()
-        speed = machine_speed(grid, out, archive, machine)
+        speed = machine_speed(grid, collect(grid, out, archive), machine)
         if speed is not None:
             ratio, n = speed
             print(f"on this machine ({machine}) {n} finished runs took {ratio:.2f}x the "

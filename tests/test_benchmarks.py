@@ -203,8 +203,8 @@ def test_machine_speed_is_the_median_ratio_of_unresumed_runs_on_that_machine(rb,
 
     grid, out = study
     ratios = [15.0 / rb.estimate_seconds(rb.build_config(c, grid)) for c in rb.cells(grid)]
-    assert rb.machine_speed(grid, out, None, "test machine") == (np.median(ratios), 12)
-    assert rb.machine_speed(grid, out, None, "another machine") is None
+    assert rb.machine_speed(grid, rb.collect(grid, out), "test machine") == (np.median(ratios), 12)
+    assert rb.machine_speed(grid, rb.collect(grid, out), "another machine") is None
 
     other = tmp_path / "copy"
     shutil.copytree(out, other)
@@ -215,7 +215,7 @@ def test_machine_speed_is_the_median_ratio_of_unresumed_runs_on_that_machine(rb,
     kept = [
         r for c, r in zip(rb.cells(grid), ratios, strict=True) if c.condition != "clean" or c.seed
     ]
-    assert rb.machine_speed(grid, other, None, "test machine") == (np.median(kept), 10)
+    assert rb.machine_speed(grid, rb.collect(grid, other), "test machine") == (np.median(kept), 10)
 
 
 def test_a_run_with_other_settings_is_never_reused(rb, study):
