@@ -16,6 +16,11 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     import tempfile
 
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="didiff_jax_xla_cache_")
+# Likewise one folder per test session for the smoke runs (``smoke_run``), shared by the workers.
+if "DIDIFF_TEST_RUNS_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["DIDIFF_TEST_RUNS_DIR"] = tempfile.mkdtemp(prefix="didiff_jax_test_runs_")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -40,15 +45,19 @@ def devices():
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory):
+def smoke_run():
     """``smoke_run(config_file, trained=True, **overrides) -> workdir``: a run of
     ``configs/<config_file>:smoke`` (dotted ``overrides``, e.g. ``**{"model.width": 8}``), made once
-    per session and shared (the notebook and API tests load the same runs). Trained by the main
-    job in a subprocess on one CPU device (its compilations cost a third less than on the 8 fake
+    per test session and shared by the tests and the xdist workers (the notebook and API tests
+    load the same runs; under a file lock, one worker makes a run while the others wait). Trained
+    by the main job in a subprocess on one CPU device (its compilations cost a third less than on the 8 fake
     devices). ``trained=False`` saves the initial state as the step-0 checkpoint: the same layout,
     without compiling a train step."""
+    import fcntl
+    import hashlib
     import importlib
     import pathlib
+    import shutil
     import subprocess
     import sys
 
@@ -56,13 +65,22 @@ def smoke_run(tmp_path_factory):
     from didiff_jax.data import pipeline
 
     repo = pathlib.Path(__file__).resolve().parents[1]
-    runs: dict[tuple, str] = {}
+    shared = pathlib.Path(os.environ["DIDIFF_TEST_RUNS_DIR"])
 
     def make(config_file: str, *, trained: bool = True, **overrides) -> str:
         key = (config_file, trained, tuple(sorted(overrides.items())))
-        if key in runs:
-            return runs[key]
-        workdir = str(tmp_path_factory.mktemp(config_file))
+        name = f"{config_file}-{hashlib.sha256(repr(key).encode()).hexdigest()[:12]}"
+        workdir, done = str(shared / name), shared / f"{name}.done"
+        with open(shared / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if not done.exists():
+                shutil.rmtree(workdir, ignore_errors=True)  # a run another worker left half-made
+                os.makedirs(workdir)
+                build(config_file, workdir, trained, overrides)
+                done.touch()
+        return workdir
+
+    def build(config_file: str, workdir: str, trained: bool, overrides: dict) -> None:
         if trained:
             cmd = [sys.executable, "-m", "didiff_jax.main", "--workdir", workdir,
                    "--config", str(repo / "configs" / f"{config_file}.py:smoke"),
@@ -84,7 +102,5 @@ def smoke_run(tmp_path_factory):
             checkpoint.write_config(workdir, config)
             checkpoint.save(mgr, 0, init_fn(), force=True)
             mgr.wait_until_finished()
-        runs[key] = workdir
-        return workdir
 
     return make

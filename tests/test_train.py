@@ -15,10 +15,8 @@ import pytest
 from PIL import Image
 
 from configs import (
-    fashion_mnist_add_vit,
     fashion_mnist_didirn,
     fashion_mnist_resnet,
-    fashion_mnist_vit,
 )
 from didiff_jax import checkpoint, evaluate, losses, optim, sharding, train
 from didiff_jax.data import fashion_mnist, pipeline
@@ -91,33 +89,6 @@ def test_smoke_trains_saves_resumes_and_evaluates(tmp_path):
     assert b"train/loss" in events.read_bytes() and b"train/examples_per_s" in events.read_bytes()
 
 
-@pytest.mark.parametrize(
-    "module,variant,sampler",
-    [
-        (fashion_mnist_resnet, "smoke", "classifier"),
-        (fashion_mnist_vit, "smoke", "classifier"),
-        (fashion_mnist_add_vit, "smoke", "onehot-argmax-g2"),
-        (fashion_mnist_add_vit, "smoke,mdd", "masked"),
-    ],
-)
-def test_other_configs_train_resume_and_evaluate(tmp_path, module, variant, sampler, monkeypatch,
-                                                capsys):  # fmt: skip
-    monkeypatch.setattr(evaluate, "PROGRESS_EVERY_S", 0.0)  # a progress line at every batch
-    config = module.get_config(variant)
-    config.model.width = 8 if "resnet" in config.model.name else 24
-    config.eval.after_train = False
-    train.train_and_evaluate(config, str(tmp_path))
-    config.num_steps = 6
-    train.train_and_evaluate(config, str(tmp_path))  # resumes at 4
-    capsys.readouterr()
-    records = evaluate.evaluate(config, str(tmp_path))
-    assert sampler in {r["sampler"] for r in records}
-    assert all(0.0 <= r["top1"] <= 1.0 and np.isfinite(r["nll"]) for r in records)
-    out = capsys.readouterr().out  # 32 test images in batches of 16: 2 per condition
-    assert "clean severity 0: batch 1/2 | ETA" in out
-    assert "gaussian_noise severity 3: batch 1/2 | ETA" in out
-
-
 def run_main(workdir, *extra, check=True):
     cmd = [sys.executable, "-m", "didiff_jax.main",
            "--config", str(REPO / "configs" / "fashion_mnist_didirn.py") + ":smoke",
@@ -158,7 +129,8 @@ def test_unknown_config_key_suggests(tmp_path):
 
 
 def test_checkpoint_of_another_model_fails_naming_both(tmp_path):
-    config = tiny(fashion_mnist_didirn, **{"eval.after_train": False})
+    # The check is the same for every model: the ResNet baseline compiles fastest.
+    config = tiny(fashion_mnist_resnet, **{"eval.after_train": False})
     train.train_and_evaluate(config, str(tmp_path))
     config.model.width = 16
     with pytest.raises(
@@ -169,7 +141,8 @@ def test_checkpoint_of_another_model_fails_naming_both(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    config = tiny(fashion_mnist_didirn, **{"eval.after_train": False})
+    # The guard is in the train loop, the same for every model: the ResNet baseline compiles fastest.
+    config = tiny(fashion_mnist_resnet, **{"eval.after_train": False})
     train.train(config, str(tmp_path))  # 4 good steps, checkpoint at 4
     real = losses.make_objective
 
@@ -240,47 +213,6 @@ def test_eight_devices_equal_one(devices):
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
     for a, b in zip(results[0][1], results[1][1], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-
-
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-    """A tiny ImageNet-style folder of real JPEG/PNG files: 3 classes x 6 train / 2 val images."""
-    root = tmp_path_factory.mktemp("imagenet")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 6), ("val", 2)):
-        for c, wnid in enumerate(("n01", "n02", "n03")):
-            d = root / split / wnid
-            d.mkdir(parents=True)
-            for i in range(n):
-                pixels = rng.integers(0, 256, (40 + 4 * i, 48, 3), dtype=np.uint8) // (c + 1)
-                Image.fromarray(pixels).save(d / (f"{i}.JPEG" if i % 2 else f"{i}.png"))
-    return root
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        "imagenet_didirn50",
-        "imagenet_add_vitb16",
-        # The baselines derive from the two above and share the code paths of the Fashion-MNIST
-        # baselines: kept out of the default run for time.
-        pytest.param("imagenet_resnet50", marks=pytest.mark.slow),
-        pytest.param("imagenet_vitb16", marks=pytest.mark.slow),
-    ],
-)
-def test_imagenet_configs_smoke_on_an_image_folder(tmp_path, image_folder, name):
-    import importlib
-
-    config = importlib.import_module(f"configs.{name}").get_config("smoke")
-    config.data.root = str(image_folder)
-    config.data.data_dir = str(image_folder.parent / "prepared")  # prepared once, shared
-    config.eval.after_train = False
-    config.eval.corruptions = ()
-    train.train_and_evaluate(config, str(tmp_path / "run"))
-    config.num_steps = 6
-    train.train_and_evaluate(config, str(tmp_path / "run"))
-    records = evaluate.evaluate(config, str(tmp_path / "run"))
-    assert records and all(r["count"] == 6 for r in records)
 
 
 def test_ema_averages_floating_leaves_and_keeps_keys():
