@@ -12,15 +12,13 @@ if FAKE_DEVICES not in _flags:  # xdist workers inherit the controller's environ
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache per test session, inherited by the xdist workers and by the
 # subprocesses the end-to-end tests start: the same smoke programs compile once, not per process.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    import tempfile
-
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="didiff_jax_xla_cache_")
 # Likewise one folder per test session for the smoke runs (``smoke_run``), shared by the workers.
-if "DIDIFF_TEST_RUNS_DIR" not in os.environ:
-    import tempfile
+for _var, _prefix in (("JAX_COMPILATION_CACHE_DIR", "didiff_jax_xla_cache_"),
+                      ("DIDIFF_TEST_RUNS_DIR", "didiff_jax_test_runs_")):  # fmt: skip
+    if _var not in os.environ:
+        import tempfile
 
-    os.environ["DIDIFF_TEST_RUNS_DIR"] = tempfile.mkdtemp(prefix="didiff_jax_test_runs_")
+        os.environ[_var] = tempfile.mkdtemp(prefix=_prefix)
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -50,8 +48,8 @@ def smoke_run():
     ``configs/<config_file>:smoke`` (dotted ``overrides``, e.g. ``**{"model.width": 8}``), made once
     per test session and shared by the tests and the xdist workers (the notebook and API tests
     load the same runs; under a file lock, one worker makes a run while the others wait). Trained
-    by the main job in a subprocess on one CPU device (its compilations cost a third less than on the 8 fake
-    devices). ``trained=False`` saves the initial state as the step-0 checkpoint: the same layout,
+    by the main job in a subprocess on one CPU device (its compilations cost a third less than on
+    the 8 fake devices). ``trained=False`` saves the initial state as the step-0 checkpoint: the same layout,
     without compiling a train step."""
     import fcntl
     import hashlib
