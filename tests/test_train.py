@@ -20,6 +20,7 @@ from configs import (
 )
 from didiff_jax import checkpoint, evaluate, losses, optim, sharding, train
 from didiff_jax.data import fashion_mnist, pipeline
+from tests.conftest import single_device_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(
@@ -89,23 +90,28 @@ def test_smoke_trains_saves_resumes_and_evaluates(tmp_path):
     assert b"train/loss" in events.read_bytes() and b"train/examples_per_s" in events.read_bytes()
 
 
-def run_main(workdir, *extra, check=True):
-    cmd = [sys.executable, "-m", "didiff_jax.main",
-           "--config", str(REPO / "configs" / "fashion_mnist_didirn.py") + ":smoke",
-           "--workdir", str(workdir), "--config.model.width=8", *extra]  # fmt: skip
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=check, timeout=600)
+def main_cmd(workdir, *extra):
+    return [sys.executable, "-m", "didiff_jax.main",
+            "--config", str(REPO / "configs" / "fashion_mnist_didirn.py") + ":smoke",
+            "--workdir", str(workdir), "--config.model.width=8", *extra]  # fmt: skip
+
+
+def run_main(workdir, *extra, check=True, env=None):
+    cmd = main_cmd(workdir, *extra)
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=check, timeout=600,
+                          env=env)  # fmt: skip
 
 
 def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
+    # The three runs (straight, killed, resumed) are main-job processes on one CPU device: one
+    # program, compiled once into the persistent cache and then loaded, and cheaper than on the 8
+    # fake devices. Resuming a sharded checkpoint is test_distributed's two-process test.
     common = ["--config.num_steps=8", "--config.checkpoint_every_steps=1",
               "--config.eval.after_train=False"]  # fmt: skip
-    straight = tiny(fashion_mnist_didirn, num_steps=8, checkpoint_every_steps=1)
-    straight.eval.after_train = False
-    train.train_and_evaluate(straight, str(tmp_path / "straight"))  # in-process: same code path
-    cmd = [sys.executable, "-m", "didiff_jax.main",
-           "--config", str(REPO / "configs" / "fashion_mnist_didirn.py") + ":smoke",
-           "--workdir", str(tmp_path / "killed"), "--config.model.width=8", *common]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = single_device_env()
+    run_main(tmp_path / "straight", *common, env=env)
+    proc = subprocess.Popen(main_cmd(tmp_path / "killed", *common), cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     ckpt = tmp_path / "killed" / "checkpoints" / "3"
     deadline = time.time() + 300
     while not ckpt.is_dir() and time.time() < deadline and proc.poll() is None:
@@ -114,7 +120,7 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
     proc.wait()
     latest = checkpoint.manager(str(tmp_path / "killed"), read_only=True).latest_step()
     assert latest is not None and latest < 8, "the run was not interrupted"
-    run_main(tmp_path / "killed", *common)
+    run_main(tmp_path / "killed", *common, env=env)
     config = tiny(fashion_mnist_didirn)
     a = evaluate.restore_for_eval(config, str(tmp_path / "straight"))[1]
     b = evaluate.restore_for_eval(config, str(tmp_path / "killed"))[1]
