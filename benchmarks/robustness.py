@@ -660,7 +660,12 @@ def verdict(grid: Grid, summary: dict) -> list[str]:
             continue
         d, b = entries[0]["diffusion"], entries[0]["baseline"]
         who = f"{d['sampler']} at {d['steps']} steps against the {b['sampler']}"
-        seeds = max(e["gain_top1"]["n"] for e in entries)
+        counts = sorted({e["gain_top1"]["n"] for e in entries})  # seeds per condition
+        if len(counts) == 1:
+            seeds = f"{counts[0]} seed{'s' * (counts[0] > 1)}"
+        else:
+            seeds = f"{counts[0]}-{counts[-1]} seeds per condition"
+        spread = "paired by seed" if counts[-1] > 1 else "no spread"
         for m, name in (("top1", "top-1"), ("top5", "top-5")):
             outcomes = {e["condition"]: _outcome(e[f"gain_{m}"]) for e in entries}
             ahead = [c for c, o in outcomes.items() if o == "ahead"]
@@ -668,8 +673,7 @@ def verdict(grid: Grid, summary: dict) -> list[str]:
             mixed = [c for c, o in outcomes.items() if o == "mixed"]
             level = [c for c, o in outcomes.items() if o == "tie"]
             holds = not behind and not mixed and not level
-            text = (f"{title}, {name} ({who}; {seeds} seed{'s' * (seeds > 1)}, "
-                    f"{'paired by seed' if seeds > 1 else 'no spread'}): ahead in {len(ahead)} of "
+            text = (f"{title}, {name} ({who}; {seeds}, {spread}): ahead in {len(ahead)} of "
                     f"{len(entries)} conditions run")  # fmt: skip
             if ahead and behind + mixed + level:  # name them where it is not all of them
                 text += f" ({', '.join(ahead)})"

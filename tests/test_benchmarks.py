@@ -250,10 +250,20 @@ def test_verdict_names_where_the_claim_fails(rb, study):
     grid, out = study
     lines = rb.verdict(grid, rb.summarize(grid, rb.collect(grid, out)))
     top1 = next(s for s in lines if "top-1 (" in s)
-    assert "ahead in 2 of 3 conditions run (clean, noise3), behind in ratio0.1" in top1
+    expected = "2 seeds, paired by seed): ahead in 2 of 3 conditions run (clean, noise3), behind in"
+    assert f"{expected} ratio0.1" in top1
     assert "does not hold here" in top1
     grows = next(s for s in lines if "with difficulty" in s)
     assert "does not grow" in grows  # the hardest condition (ratio0.1) is the one it loses
+
+
+def test_verdict_gives_the_range_of_seeds_when_conditions_differ(rb, study):
+    grid, out = study
+    found = rb.collect(grid, out)
+    for role in ("diffusion", "baseline"):  # noise3 keeps seed 0 only
+        del found[rb.Cell("didirn-resnet", role, "noise3", 1)]
+    top1 = next(s for s in rb.verdict(grid, rb.summarize(grid, found)) if "top-1 (" in s)
+    assert "; 1-2 seeds per condition, paired by seed): ahead in 2 of 3" in top1
 
 
 def test_spearman_matches_scipy(rb):
