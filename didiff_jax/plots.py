@@ -21,6 +21,7 @@ import numpy as np
 from etils import epath
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.transforms import Bbox
 
 CLEAN = "clean"
 
@@ -357,17 +358,79 @@ def plot_gain_vs_difficulty(
     fig, axes = _new_figure(1, 1, panel=(6.0, 4.0))
     ax = axes[0, 0]
     ax.axhline(0.0, linestyle="--", color="gray", linewidth=1)
+    labels, lines = [], []  # (x, y, yerr, text, color) and [N, 2] polylines, for _place_labels
     for i, s in enumerate(series):
         pts = sorted((p for p in points if str(p["series"]) == s), key=lambda p: p["difficulty"])
         x = np.array([100 * float(p["difficulty"]) for p in pts])  # [N]
         y = np.array([100 * float(p["gain"]) for p in pts])  # [N]
         err = np.array([100 * float(p.get("gain_std") or 0.0) for p in pts])  # [N]
         ax.errorbar(x, y, yerr=err, marker="o", linestyle="-", color=_color(i), capsize=3, label=s)
-        for xi, yi, p in zip(x, y, pts, strict=True):
-            ax.annotate(str(p["label"]), (xi, yi), textcoords="offset points", xytext=(4, 4),
-                        fontsize="x-small", color=_color(i))  # fmt: skip
+        labels += [
+            (xi, yi, ei, str(p["label"]), _color(i))
+            for xi, yi, ei, p in zip(x, y, err, pts, strict=True)
+        ]
+        lines.append(np.stack([x, y], axis=-1))  # [N, 2]
     ax.set_xlabel("difficulty: baseline top-1 error (%)")
     ax.set_ylabel("top-1 gain of diffusion over baseline (points)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
+    _place_labels(fig, ax, labels, lines)
     return _save(fig, path)
+
+
+# Where a point's label may go, in points from the point: (dx, dy, horizontal alignment), tried in
+# order. Right of the point first (the usual place), then left, above, below, and further out.
+_LABEL_OFFSETS = (
+    (5, 3, "left"), (5, -10, "left"), (-5, 3, "right"), (-5, -10, "right"),
+    (0, 7, "center"), (0, -15, "center"), (5, 12, "left"), (5, -19, "left"),
+    (-5, 12, "right"), (-5, -19, "right"), (0, 16, "center"), (0, -24, "center"),
+)  # fmt: skip
+
+
+def _place_labels(
+    fig: Figure, ax, labels: Sequence[tuple[float, float, float, str, str]], lines: Sequence
+) -> None:
+    """Writes each (x, y, yerr, text, color) label next to its point where it covers the least:
+    labels already written, the legend, points and error bars, then the lines between points; and
+    stays inside the axes. ``lines`` holds each series' [N, 2] polyline in data coordinates.
+
+    Greedy over ``_LABEL_OFFSETS`` in display space: points that sit close together (conditions of
+    about the same difficulty and gain) otherwise get labels written over each other and over the
+    error bars.
+    """
+    fig.canvas.draw()  # settle the constrained layout so display coordinates are final
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    to_px = ax.transData.transform
+    obstacles = []  # (bbox, weight)
+    for x, y, yerr, _, _ in labels:  # each marker (about 8 px across) with its error bar
+        px, lo = to_px((x, y - yerr))
+        hi = to_px((x, y + yerr))[1]
+        obstacles.append((Bbox.from_extents(px - 4, lo - 4, px + 4, hi + 4), 5))
+    for line in lines:  # each segment, sampled every few pixels
+        seg = to_px(np.asarray(line, dtype=float))  # [N, 2]
+        for a, b in zip(seg[:-1], seg[1:], strict=True):
+            for t in np.linspace(0.0, 1.0, max(2, int(np.hypot(*(b - a)) // 4))):
+                q = a + t * (b - a)
+                obstacles.append((Bbox.from_extents(q[0] - 1, q[1] - 1, q[0] + 1, q[1] + 1), 1))
+    legend = ax.get_legend()
+    if legend is not None:
+        obstacles.append((legend.get_window_extent(renderer), 20))
+    for x, y, _, text, color in labels:
+        best = None  # (cost, annotation, bbox)
+        for dx, dy, ha in _LABEL_OFFSETS:
+            ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha,
+                              fontsize="x-small", color=color)  # fmt: skip
+            bbox = ann.get_window_extent(renderer)
+            inside = frame.x0 <= bbox.x0 and bbox.x1 <= frame.x1
+            inside = inside and frame.y0 <= bbox.y0 and bbox.y1 <= frame.y1
+            cost = sum(w for o, w in obstacles if bbox.overlaps(o)) + (0 if inside else 100)
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, ann, bbox)
+            else:
+                ann.remove()
+            if cost == 0:
+                break
+        obstacles.append((best[2], 20))

@@ -152,3 +152,50 @@ def test_no_pyplot_state_leak(tmp_path):
 
         assert plt.get_fignums() == []
     assert matplotlib.get_backend() is not None
+
+
+def _label_boxes(fig, ax):
+    renderer = fig.canvas.get_renderer()
+    return [t.get_window_extent(renderer) for t in ax.texts]
+
+
+def test_place_labels_clustered_points_do_not_collide():
+    # Four conditions of nearly equal difficulty and gain, as in the study's DiDiRN cluster: the
+    # same offset for every label writes them over each other; the placer must not.
+    x = np.array([10.0, 10.3, 10.6, 10.9])  # [N]
+    y = np.array([-3.0, -3.1, -2.9, -3.05])  # [N]
+    items = [
+        (xi, yi, 0.2, f"condition {i}", "C0") for i, (xi, yi) in enumerate(zip(x, y, strict=True))
+    ]
+
+    fig, axes = plots._new_figure(1, 1, panel=(6.0, 4.0))
+    ax = axes[0, 0]
+    ax.errorbar(x, y, yerr=0.2, marker="o")
+    ax.set_xlim(0, 40)
+    ax.set_ylim(-12, 2)
+    for xi, yi, _, text, _ in items:  # the naive placement, for contrast
+        ax.annotate(text, (xi, yi), textcoords="offset points", xytext=(5, 3), fontsize="x-small")
+    fig.canvas.draw()
+    naive = _label_boxes(fig, ax)
+    assert any(a.overlaps(b) for i, a in enumerate(naive) for b in naive[i + 1 :])
+
+    for t in list(ax.texts):
+        t.remove()
+    plots._place_labels(fig, ax, items, [np.stack([x, y], axis=-1)])
+    fig.canvas.draw()
+    boxes = _label_boxes(fig, ax)
+    assert [t.get_text() for t in ax.texts] == [it[3] for it in items]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+    frame = ax.get_window_extent(fig.canvas.get_renderer())
+    assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 for b in boxes)
+
+
+def test_gain_vs_difficulty(tmp_path):
+    points = [
+        dict(series="a vs b", label=name, difficulty=d, gain=g, gain_std=0.004)
+        for name, d, g in [("clean", 0.09, -0.03), ("noise", 0.10, -0.031), ("1%", 0.2, 0.01)]
+    ]
+    path = tmp_path / "gain.png"
+    _assert_png(path, plots.plot_gain_vs_difficulty(points, path))
+    with pytest.raises(ValueError, match="no points"):
+        plots.plot_gain_vs_difficulty([], path)
