@@ -358,23 +358,20 @@ def plot_gain_vs_difficulty(
     fig, axes = _new_figure(1, 1, panel=(6.0, 4.0))
     ax = axes[0, 0]
     ax.axhline(0.0, linestyle="--", color="gray", linewidth=1)
-    labels, lines = [], []  # (x, y, yerr, text, color) and [N, 2] polylines, for _place_labels
+    labelled = []  # (color, [(x, y, yerr, text), ...]) per series, for _place_labels
     for i, s in enumerate(series):
         pts = sorted((p for p in points if str(p["series"]) == s), key=lambda p: p["difficulty"])
         x = np.array([100 * float(p["difficulty"]) for p in pts])  # [N]
         y = np.array([100 * float(p["gain"]) for p in pts])  # [N]
         err = np.array([100 * float(p.get("gain_std") or 0.0) for p in pts])  # [N]
         ax.errorbar(x, y, yerr=err, marker="o", linestyle="-", color=_color(i), capsize=3, label=s)
-        labels += [
-            (xi, yi, ei, str(p["label"]), _color(i))
-            for xi, yi, ei, p in zip(x, y, err, pts, strict=True)
-        ]
-        lines.append(np.stack([x, y], axis=-1))  # [N, 2]
+        texts = [str(p["label"]) for p in pts]
+        labelled.append((_color(i), list(zip(x, y, err, texts, strict=True))))
     ax.set_xlabel("difficulty: baseline top-1 error (%)")
     ax.set_ylabel("top-1 gain of diffusion over baseline (points)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
-    _place_labels(fig, ax, labels, lines)
+    _place_labels(fig, ax, labelled)
     return _save(fig, path)
 
 
@@ -388,11 +385,11 @@ _LABEL_OFFSETS = (
 
 
 def _place_labels(
-    fig: Figure, ax, labels: Sequence[tuple[float, float, float, str, str]], lines: Sequence
+    fig: Figure, ax, labelled: Sequence[tuple[str, Sequence[tuple[float, float, float, str]]]]
 ) -> None:
-    """Writes each (x, y, yerr, text, color) label next to its point where it covers the least:
-    labels already written, the legend, points and error bars, then the lines between points; and
-    stays inside the axes. ``lines`` holds each series' [N, 2] polyline in data coordinates.
+    """Writes each series' (x, y, yerr, text) labels, in the series' color, next to their points
+    where they cover the least: labels already written and the legend, then points with their
+    error bars, then the line through the series' points (in the given order); all inside the axes.
 
     Greedy over ``_LABEL_OFFSETS`` in display space: points that sit close together (conditions of
     about the same difficulty and gain) otherwise get labels written over each other and over the
@@ -403,34 +400,31 @@ def _place_labels(
     frame = ax.get_window_extent(renderer)
     to_px = ax.transData.transform
     obstacles = []  # (bbox, weight)
-    for x, y, yerr, _, _ in labels:  # each marker (about 8 px across) with its error bar
-        px, lo = to_px((x, y - yerr))
-        hi = to_px((x, y + yerr))[1]
-        obstacles.append((Bbox.from_extents(px - 4, lo - 4, px + 4, hi + 4), 5))
-    for line in lines:  # each segment, sampled every few pixels
-        seg = to_px(np.asarray(line, dtype=float))  # [N, 2]
-        for a, b in zip(seg[:-1], seg[1:], strict=True):
-            for t in np.linspace(0.0, 1.0, max(2, int(np.hypot(*(b - a)) // 4))):
-                q = a + t * (b - a)
-                obstacles.append((Bbox.from_extents(q[0] - 1, q[1] - 1, q[0] + 1, q[1] + 1), 1))
     legend = ax.get_legend()
     if legend is not None:
         obstacles.append((legend.get_window_extent(renderer), 20))
-    for x, y, _, text, color in labels:
-        best = None  # (cost, annotation, bbox)
-        for dx, dy, ha in _LABEL_OFFSETS:
-            ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha,
-                              fontsize="x-small", color=color)  # fmt: skip
-            bbox = ann.get_window_extent(renderer)
-            inside = frame.x0 <= bbox.x0 and bbox.x1 <= frame.x1
-            inside = inside and frame.y0 <= bbox.y0 and bbox.y1 <= frame.y1
-            cost = sum(w for o, w in obstacles if bbox.overlaps(o)) + (0 if inside else 100)
-            if best is None or cost < best[0]:
-                if best is not None:
-                    best[1].remove()
-                best = (cost, ann, bbox)
-            else:
-                ann.remove()
-            if cost == 0:
-                break
-        obstacles.append((best[2], 20))
+    for _, items in labelled:
+        for x, y, yerr, _ in items:  # each marker (about 8 px across) with its error bar
+            (px, lo), (_, hi) = to_px([(x, y - yerr), (x, y + yerr)])
+            obstacles.append((Bbox.from_extents(px - 4, lo - 4, px + 4, hi + 4), 5))
+        seg = to_px([(x, y) for x, y, _, _ in items])  # [N, 2] the series' line, in pixels
+        for a, b in zip(seg[:-1], seg[1:], strict=True):  # sampled every 4 px
+            for q in np.linspace(a, b, max(2, int(np.hypot(*(b - a)) // 4))):
+                obstacles.append((Bbox.from_extents(*(q - 1), *(q + 1)), 1))
+    for color, items in labelled:
+        for x, y, _, text in items:
+            tried = []  # (cost, annotation, bbox)
+            for dx, dy, ha in _LABEL_OFFSETS:
+                ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy),
+                                  ha=ha, fontsize="x-small", color=color)  # fmt: skip
+                bbox = ann.get_window_extent(renderer)
+                inside = np.all(bbox.min >= frame.min) and np.all(bbox.max <= frame.max)
+                tried.append((sum(w for o, w in obstacles if bbox.overlaps(o)) + 100 * (not inside),
+                              ann, bbox))  # fmt: skip
+                if tried[-1][0] == 0:
+                    break
+            best = min(tried, key=lambda c: c[0])  # the first of the cheapest
+            for _, ann, _ in tried:
+                if ann is not best[1]:
+                    ann.remove()
+            obstacles.append((best[2], 20))

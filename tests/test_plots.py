@@ -164,16 +164,14 @@ def test_place_labels_clustered_points_do_not_collide():
     # same offset for every label writes them over each other; the placer must not.
     x = np.array([10.0, 10.3, 10.6, 10.9])  # [N]
     y = np.array([-3.0, -3.1, -2.9, -3.05])  # [N]
-    items = [
-        (xi, yi, 0.2, f"condition {i}", "C0") for i, (xi, yi) in enumerate(zip(x, y, strict=True))
-    ]
+    items = [(xi, yi, 0.2, f"condition {i}") for i, (xi, yi) in enumerate(zip(x, y, strict=True))]
 
     fig, axes = plots._new_figure(1, 1, panel=(6.0, 4.0))
     ax = axes[0, 0]
     ax.errorbar(x, y, yerr=0.2, marker="o")
     ax.set_xlim(0, 40)
     ax.set_ylim(-12, 2)
-    for xi, yi, _, text, _ in items:  # the naive placement, for contrast
+    for xi, yi, _, text in items:  # the naive placement, for contrast
         ax.annotate(text, (xi, yi), textcoords="offset points", xytext=(5, 3), fontsize="x-small")
     fig.canvas.draw()
     naive = _label_boxes(fig, ax)
@@ -181,7 +179,7 @@ def test_place_labels_clustered_points_do_not_collide():
 
     for t in list(ax.texts):
         t.remove()
-    plots._place_labels(fig, ax, items, [np.stack([x, y], axis=-1)])
+    plots._place_labels(fig, ax, [("C0", items)])
     fig.canvas.draw()
     boxes = _label_boxes(fig, ax)
     assert [t.get_text() for t in ax.texts] == [it[3] for it in items]
