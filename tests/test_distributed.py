@@ -20,6 +20,7 @@ from etils.epath import testing as epath_testing
 from configs import fashion_mnist_didirn
 from didiff_jax import checkpoint, distributed, evaluate, metrics, train
 from didiff_jax.data import fashion_mnist, pipeline
+from tests.conftest import single_device_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 needs_data = pytest.mark.skipif(
@@ -199,11 +200,15 @@ MAIN_ARGS = ["--config", str(REPO / "configs" / "fashion_mnist_didirn.py") + ":s
 
 
 def clean_env(cache_dir: pathlib.Path, **extra) -> dict:
-    """This test process's environment without its 8-device XLA flag, plus a shared persistent
+    """This test process's environment without its 8-device XLA flag (``XLA_FLAGS`` in ``extra``
+    are added to the others), plus a shared persistent
     compilation cache (process 0 of a run writes it; a later identical program reads it)."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = single_device_env()  # keeps the test session's other XLA flags (fast compilation)
     env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache_dir), PYTHON=sys.executable)
+    flags = " ".join([env.get("XLA_FLAGS", ""), extra.pop("XLA_FLAGS", "")]).strip()
     env.update(extra)
+    if flags:
+        env["XLA_FLAGS"] = flags
     return env
 
 

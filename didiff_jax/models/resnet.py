@@ -13,6 +13,9 @@ a norm per block, not a second network. Layout and parameter names follow torchv
 
 Images are NHWC. Convolutions use PyTorch's explicit symmetric padding (not XLA's "SAME", which
 pads stride-2 convolutions asymmetrically), so outputs match the PyTorch networks exactly.
+``conv_form`` (``didiff_jax.models.conv``): ``auto`` computes each convolution in the form that
+measures fastest for its shape on the backend (XLA's convolution off the CPU); ``xla`` forces
+``lax.conv_general_dilated`` everywhere.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from flax.linen import max_pool
 
+from didiff_jax.models.conv import ConvFn, max_pool
 from didiff_jax.models.layers import build_with_overrides, sinusoidal_embedding, torch_linear
 
 STAGE_STRIDES = (1, 2, 2, 2)
@@ -52,10 +55,16 @@ class _Ctx:
     """Construction options threaded through the layers (dtype and init)."""
 
     def __init__(
-        self, dtype: jnp.dtype, conv_init: Callable, rngs: nnx.Rngs, norm_groups: int = 32
+        self,
+        dtype: jnp.dtype,
+        conv_init: Callable,
+        rngs: nnx.Rngs,
+        norm_groups: int = 32,
+        conv_form: str = "auto",
     ):
         self.dtype, self.conv_init, self.rngs = dtype, conv_init, rngs
         self.norm_groups = norm_groups
+        self.conv_fn = ConvFn(conv_form)
 
     def conv(self, cin: int, cout: int, k: int, stride: int = 1) -> nnx.Conv:
         pad = k // 2
@@ -68,6 +77,7 @@ class _Ctx:
             use_bias=False,
             kernel_init=self.conv_init,
             dtype=self.dtype,
+            conv_general_dilated=self.conv_fn,
             rngs=self.rngs,
         )
 
@@ -92,7 +102,7 @@ class Stem(nnx.Module):
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train))
         if self.kind != "small":
-            x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            x = max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
         return x
 
 
@@ -182,12 +192,13 @@ class _Backbone(nnx.Module):
         emb_dim: int | None,
         rngs: nnx.Rngs,
         norm_groups: int = 32,
+        conv_form: str = "auto",
     ):
         if depth not in DEPTHS:
             raise ValueError(f"depth must be one of {sorted(DEPTHS)}, got {depth}")
         if width < 1:
             raise ValueError(f"width must be positive, got {width}")
-        ctx = _Ctx(dtype, conv_init, rngs, norm_groups)
+        ctx = _Ctx(dtype, conv_init, rngs, norm_groups, conv_form)
         block = BasicBlock if depth < 50 else Bottleneck
         self.dtype = dtype
         self.stem = Stem(stem, in_channels, width, ctx)
@@ -226,6 +237,7 @@ class ResNet(_Backbone):
         width: int = 64,
         in_channels: int = 3,
         dtype: jnp.dtype = jnp.float32,
+        conv_form: str = "auto",
     ):
         super().__init__(
             depth,
@@ -237,6 +249,7 @@ class ResNet(_Backbone):
             conv_init=kaiming_fan_out,
             emb_dim=None,
             rngs=rngs,
+            conv_form=conv_form,
         )
 
     def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
@@ -275,6 +288,7 @@ class DiDiRN(_Backbone):
         emb_dim: int = 128,
         dtype: jnp.dtype = jnp.float32,
         norm_groups: int = 32,
+        conv_form: str = "auto",
     ):
         # GroupNorm groups of the conditioning: 32 [ref], or the channel count where a narrow network
         # has fewer. ``norm_groups=32 * width // 64`` keeps the reference's channels per group
@@ -290,6 +304,7 @@ class DiDiRN(_Backbone):
             emb_dim=emb_dim,
             rngs=rngs,
             norm_groups=norm_groups,
+            conv_form=conv_form,
         )
         self.num_classes = num_classes
         self.sigma_embed = SigmaEmbedding(emb_dim, rngs)

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from didiff_jax.models.conv import ConvFn
 from didiff_jax.models.layers import build_with_overrides, sinusoidal_embedding
 
 LN_EPS = 1e-6
@@ -166,6 +167,7 @@ class PatchEmbed(nnx.Module):
             kernel_init=nnx.initializers.lecun_normal(),
             dtype=dtype,
             param_dtype=jnp.float32,
+            conv_general_dilated=ConvFn("auto"),  # a reshape and one matmul on CPU
             rngs=rngs,
         )
         self.pos_embed = nnx.Param(embed_init(rngs.params(), (self.num_patches, width)))
