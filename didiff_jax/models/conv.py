@@ -166,7 +166,16 @@ def conv_general_dilated(
     if form == "im2col":
         return _im2col(lhs, rhs, strides, padding, precision, pet)
     if form == "xla":
-        return xla()
+        if jax.default_backend() == "cpu":
+            # Materialise the input: otherwise XLA:CPU fuses its elementwise producers (the
+            # norms and activations before this convolution) into the transposing copy that
+            # feeds the weight gradient, where they run in a transposed loop order (~10% of
+            # the DiDiRN-18 train step; benchmarks/conv_forms.py).
+            lhs = lax.optimization_barrier(lhs)
+        return lax.conv_general_dilated(
+            lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+            feature_group_count, batch_group_count, precision, preferred_element_type, **kwargs,
+        )  # fmt: skip
     raise ValueError(
         f"conv form {form!r} does not apply to kernel {rhs.shape[:2]}, strides {strides}, "
         f"padding {padding}"

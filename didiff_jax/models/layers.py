@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import math
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
 # PyTorch's default for nn.Linear / nn.Conv2d: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
 torch_default_kernel_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -68,3 +70,74 @@ def build_with_overrides(
             f"{cls.__name__} has no option {key!r}.{hint} Options: {', '.join(sorted(allowed))}"
         )
     return cls(num_classes=num_classes, rngs=rngs, **{**preset, **overrides})
+
+
+# ------------------------------------------------------------------------------------ GroupNorm
+
+
+def _group_stats(x: jax.Array, num_groups: int, eps: float):
+    B, H, W, C = x.shape
+    xg = x.reshape(B, H * W, num_groups, C // num_groups)  # [B, HW, G, C/G]
+    mean = jnp.mean(xg, axis=(1, 3))  # [B, G]
+    var = jnp.maximum(0.0, jnp.mean(xg * xg, axis=(1, 3)) - mean * mean)  # fast variance, as Flax
+    rstd = lax.rsqrt(var + eps)  # [B, G]
+    per_channel = lambda v: jnp.repeat(v, C // num_groups, axis=1)[:, None, None, :]  # noqa: E731
+    return per_channel(mean), per_channel(rstd)  # [B, 1, 1, C] each
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def group_norm(
+    x: jax.Array, scale: jax.Array, bias: jax.Array, num_groups: int, eps: float
+) -> jax.Array:
+    """GroupNorm of ``x`` [B, H, W, C] over (H, W, C / G) per group, then ``* scale + bias`` [C].
+
+    The same arithmetic as ``nnx.GroupNorm`` (mean and E[x^2] - mean^2), with a hand-written
+    gradient: two passes over the activations (the per-group sums, then dx) where the autodiff
+    of the reshaped statistics takes several; GroupNorm is the DiDiRN block's conditioning, in every
+    block.
+    """
+    return _group_norm_fwd(x, scale, bias, num_groups, eps)[0]
+
+
+def _group_norm_fwd(x, scale, bias, num_groups, eps):
+    mean, rstd = _group_stats(x, num_groups, eps)
+    y = (x - mean) * (rstd * scale) + bias
+    return y, (x, scale, mean, rstd)
+
+
+def _group_norm_bwd(num_groups, eps, residuals, g):
+    x, scale, mean, rstd = residuals
+    B, H, W, C = x.shape
+    xhat = (x - mean) * rstd  # [B, H, W, C]
+    d_bias = jnp.sum(g, axis=(0, 1, 2))  # [C]
+    d_scale = jnp.sum(g * xhat, axis=(0, 1, 2))  # [C]
+    dxhat = g * scale
+
+    def group_mean(v):  # [B, H, W, C] -> per-group mean, broadcast back to [B, 1, 1, C]
+        m = jnp.mean(v.reshape(B, H * W, num_groups, C // num_groups), axis=(1, 3))  # [B, G]
+        return jnp.repeat(m, C // num_groups, axis=1)[:, None, None, :]
+
+    dx = rstd * (dxhat - group_mean(dxhat) - xhat * group_mean(dxhat * xhat))
+    return dx, d_scale, d_bias
+
+
+group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
+
+
+class GroupNorm(nnx.GroupNorm):
+    """``nnx.GroupNorm`` (same parameters and names) computed by ``group_norm`` for the NHWC
+    feature maps of the ResNets; anything else (masks, other ranks) goes to ``nnx.GroupNorm``."""
+
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
+        plain = (
+            mask is None
+            and x.ndim == 4
+            and self.scale is not None
+            and self.bias is not None
+            and self.reduction_axes is None
+            and self.axis_name is None
+        )
+        if not plain:
+            return super().__call__(x, mask=mask)
+        x, scale, bias = self.promote_dtype((x, self.scale[...], self.bias[...]), dtype=self.dtype)
+        return group_norm(x, scale, bias, self.num_groups, self.epsilon)

@@ -28,7 +28,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from didiff_jax.models.conv import ConvFn, max_pool
-from didiff_jax.models.layers import build_with_overrides, sinusoidal_embedding, torch_linear
+from didiff_jax.models.layers import (
+    GroupNorm,
+    build_with_overrides,
+    sinusoidal_embedding,
+    torch_linear,
+)
 
 STAGE_STRIDES = (1, 2, 2, 2)
 DEPTHS = {
@@ -122,7 +127,7 @@ class Conditioning(nnx.Module):
 
     def __init__(self, channels: int, emb_dim: int, ctx: _Ctx):
         self.emb_proj = torch_linear(emb_dim, channels, rngs=ctx.rngs)
-        self.norm = nnx.GroupNorm(
+        self.norm = GroupNorm(
             channels, num_groups=_num_groups(channels, ctx.norm_groups), epsilon=1e-5, rngs=ctx.rngs
         )
         self.dtype = ctx.dtype

@@ -1,4 +1,5 @@
-"""The convolution forms and max pooling equal XLA's own ops: outputs and both gradients."""
+"""The fast layers equal what they replace, outputs and gradients: the convolution forms and max
+pooling (XLA's own ops), GroupNorm with its hand-written VJP (``nnx.GroupNorm``)."""
 
 import itertools
 
@@ -12,6 +13,7 @@ from jax import lax
 
 from didiff_jax.models import conv
 from didiff_jax.models.conv import ConvFn, conv_general_dilated, max_pool, select_form
+from didiff_jax.models.layers import GroupNorm
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -172,3 +174,32 @@ def test_resnet_forms_agree():
     for a, b in itertools.zip_longest(jax.tree.leaves(g_auto), jax.tree.leaves(g_xla)):
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4)
     assert conv.CPU_IM2COL_MAX_OUT_PIXELS >= 4  # the 2x2 last stage at 28 px takes im2col
+
+
+@pytest.mark.parametrize("channels,groups", [(64, 32), (16, 16), (12, 4), (512, 32)])
+def test_group_norm_equals_flax(channels, groups):
+    """Output and the gradients of input, scale and bias equal ``nnx.GroupNorm``'s (float64),
+    on inputs with a large mean (where E[x^2] - mean^2 loses digits in float32)."""
+    with jax.enable_x64(True):
+        kwargs = dict(num_groups=groups, epsilon=1e-5, param_dtype=jnp.float64)
+        ref = nnx.GroupNorm(channels, rngs=nnx.Rngs(0), **kwargs)
+        new = GroupNorm(channels, rngs=nnx.Rngs(0), **kwargs)
+        k1, k2, k3, k4 = jax.random.split(jax.random.key(channels), 4)
+        for m in (ref, new):
+            m.scale[...] = jax.random.normal(k1, (channels,), jnp.float64)
+            m.bias[...] = jax.random.normal(k2, (channels,), jnp.float64)
+        x = jax.random.normal(k3, (3, 5, 4, channels), jnp.float64) * 2.0 + 3.0
+        cot = jax.random.normal(k4, x.shape, jnp.float64)
+
+        def loss(m, x):
+            return jnp.sum(m(x) * cot)
+
+        (l_ref, (gm_ref, gx_ref)) = nnx.value_and_grad(loss, argnums=(0, 1))(ref, x)
+        (l_new, (gm_new, gx_new)) = nnx.value_and_grad(loss, argnums=(0, 1))(new, x)
+        np.testing.assert_allclose(new(x), ref(x), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(gx_new, gx_ref, rtol=1e-10, atol=1e-12)
+        for name in ("scale", "bias"):
+            np.testing.assert_allclose(gm_new[name][...], gm_ref[name][...], rtol=1e-10, atol=1e-12)
+        # Masked or other-rank inputs go to nnx.GroupNorm itself.
+        x3 = x.reshape(3, 20, channels)
+        np.testing.assert_array_equal(new(x3), ref(x3))
