@@ -175,7 +175,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train-batch", type=int, default=128)
     p.add_argument("--eval-batch", type=int, default=500)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=6, help="timed calls per round and side")
+    p.add_argument("--repeats", type=int, default=6, help="timed train steps per round and side")
+    p.add_argument(
+        "--eval-repeats", type=int, default=3, help="timed CP-8 calls per round and side"
+    )
     p.add_argument("--json", type=pathlib.Path)
     p.add_argument("--write-results", type=pathlib.Path,
                    help="replace the generated block in this markdown file (docs/results.md)")  # fmt: skip
@@ -183,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.anchors / "official_step_speed.py").exists():
         raise SystemExit(f"no official_step_speed.py under --anchors {args.anchors}")
     threads = os.cpu_count() or 1
+    repeats = {"train": args.repeats, "cp8": args.eval_repeats}
 
     timers = {}
     for part in args.parts:
@@ -199,9 +203,9 @@ def main(argv: list[str] | None = None) -> None:
         for part in args.parts:
             for setting in args.settings:
                 batch, timer = timers[(part, setting)]
-                samples[(part, setting)].append(timer(args.repeats))
+                samples[(part, setting)].append(timer(repeats[part]))
             batch = args.train_batch if part == "train" else args.eval_batch
-            row = official(args.official_python, args.anchors, part, batch, args.repeats, threads)
+            row = official(args.official_python, args.anchors, part, batch, repeats[part], threads)
             off_samples[part].append(row["seconds"])
             torch_version = row.get("torch", torch_version)
             print(f"round {r + 1}/{args.rounds} {part}: official {row['seconds']:.3f} s, "

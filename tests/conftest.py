@@ -17,6 +17,9 @@ if FAKE_DEVICES not in _flags:  # xdist workers inherit the controller's environ
         _flags.append(FAST_COMPILE)
     os.environ["XLA_FLAGS"] = " ".join(_flags)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Cache every compilation, not only those over 1 s (at optimisation level 0 most are shorter):
+# the subprocesses of one test (kill and resume, several processes) then compile each program once.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # One persistent compilation cache per test session, inherited by the xdist workers and by the
 # subprocesses the end-to-end tests start: the same smoke programs compile once, not per process.
 # Likewise one folder per test session for the smoke runs (``smoke_run``), shared by the workers.

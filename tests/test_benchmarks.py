@@ -470,3 +470,18 @@ def test_study_driver_end_to_end_at_smoke_size(rb, tmp_path):
     ).stat() == stamp
     # the report covers the smoke grid (2 pairs x clean, noise3) and the selected ratio0.1 too
     assert "4 of 12 runs done" in results.read_text()
+
+
+def test_official_speed_table_and_missing_anchors(tmp_path):
+    """The side-by-side table gives the ratio official time / didiff_jax time; a wrong anchors
+    folder is named before anything compiles."""
+    bench = _load("official_speed")
+    rows = [{"part": "train", "setting": "width64", "batch": 128, "project_per_s": 150.0,
+             "official_per_s": 100.0, "ratio": 1.5}]  # fmt: skip
+    meta = {"cpu": "AMD EPYC, 2 cores, AVX-512", "threads": 2, "jax": "0.12", "torch": "2.14",
+            "rounds": 3, "date": "2026-12-03"}  # fmt: skip
+    table = bench.markdown(rows, meta)
+    assert "| train (examples) | width64 | 128 | 150.0 | 100.0 | **1.50x** |" in table
+    assert table.startswith("AMD EPYC, 2 cores, AVX-512; 2 threads")
+    with pytest.raises(SystemExit, match="no official_step_speed.py"):
+        bench.main(["--anchors", str(tmp_path)])
