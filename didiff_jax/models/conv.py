@@ -1,9 +1,9 @@
 """2-D convolution that picks, per shape and backend, the form XLA runs fastest.
 
 XLA:CPU's convolution is far from the machine's matmul speed on some shapes: a 3x3 convolution whose
-output map is at most 2x2 (the last DiDiRN stage at 28 px) runs ~90x slower than the same
-arithmetic as one matmul, and a strided 3x3 convolution onto a 2x2 map ~12x slower in its backward
-pass (``benchmarks/conv_forms.py`` measures every shape the networks use). On GPU and TPU, XLA's
+output map is at most 2x2 (the last DiDiRN stage at 28 px) runs ~70x slower forward than the same
+arithmetic as one matmul, and a strided 3x3 convolution from 4x4 onto 2x2 ~14x slower forward and
+backward (``benchmarks/conv_forms.py`` measures every shape the networks use; docs/results.md). On GPU and TPU, XLA's
 convolution (cuDNN, the TPU's MXU lowering) is the fast form everywhere, so nothing changes there.
 
 Forms (all NHWC images, HWIO kernels, explicit padding; gradients come from JAX's autodiff of the
@@ -170,7 +170,7 @@ def conv_general_dilated(
             # Materialise the input: otherwise XLA:CPU fuses its elementwise producers (the
             # norms and activations before this convolution) into the transposing copy that
             # feeds the weight gradient, where they run in a transposed loop order (~10% of
-            # the DiDiRN-18 train step; benchmarks/conv_forms.py).
+            # the width-64 DiDiRN-18 train step at 28 px, measured on a 2-core CPU).
             lhs = lax.optimization_barrier(lhs)
         return lax.conv_general_dilated(
             lhs, rhs, strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
