@@ -13,12 +13,11 @@ didiff_jax runs two settings: ``width64`` (the official network's own width and 
 the like-for-like comparison) and ``main`` (the main job as configured: width 16, 1 channel; the
 official code cannot build a narrower network, so its ratio is against the official width 64, the
 speed a user of the official code gets). The official code runs in a separate Python that has
-torch and timm (``--official-python``; the project's ``torch`` extra, plus ``timm``). To keep a
+torch and timm (``--official-python``). To keep a
 noisy VM's drift out of the ratios, ``--rounds`` rounds alternate the two implementations; each
 figure is the median over rounds of per-round medians.
 
-    bash launch/setup_env.sh torch --venv .venv-torch          # once: torch (and timm, below)
-    .venv-torch/bin/pip install 'timm>=1.0.19' pyyaml
+    python3 -m venv .venv-torch && .venv-torch/bin/pip install torch timm pyyaml numpy   # once
     python benchmarks/official_speed.py --official-python .venv-torch/bin/python \\
         --write-results docs/results.md
 
@@ -31,7 +30,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
@@ -51,25 +49,13 @@ if str(ROOT / "benchmarks") not in sys.path:
 import throughput  # noqa: E402
 
 from configs import fashion_mnist_didirn  # noqa: E402
-from didiff_jax import evaluate, train  # noqa: E402
+from didiff_jax import distributed, evaluate, train  # noqa: E402
 from didiff_jax.data import pipeline  # noqa: E402
 
 SETTINGS = {  # name -> (width, input channels)
     "width64": (64, 3),
     "main": (None, None),  # as configs/fashion_mnist_didirn.py has them
 }
-
-
-def cpu_name() -> str:
-    """The CPU model and its widest vector extension (the 2-core VMs differ: AVX2 or AVX-512)."""
-    try:
-        info = pathlib.Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "unknown CPU"
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
-                 if ln.startswith("model name")), "unknown CPU")  # fmt: skip
-    isa = "AVX-512" if " avx512f" in info else "AVX2" if " avx2" in info else "no AVX2"
-    return f"{name}, {os.cpu_count()} cores, {isa}"
 
 
 def project_config(setting: str):
@@ -149,7 +135,7 @@ def official(python: str, anchors: pathlib.Path, part: str, batch: int, repeats:
 
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [
-        f"{meta['cpu']}; {meta['threads']} threads; jax {meta['jax']}, torch {meta['torch']}; "
+        f"{meta['cpu']}; {meta['threads']} threads; torch {meta['torch']}; "
         f"{meta['rounds']} alternating rounds, median of per-round medians; {meta['date']}.",
         "",
         "| part | didiff_jax setting | batch | didiff_jax /s | official /s (width 64) | ratio |",
@@ -220,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
                      "project_s": ours, "official_s": theirs,
                      "project_per_s": batch / ours, "official_per_s": batch / theirs,
                      "ratio": theirs / ours, "rounds": args.rounds})  # fmt: skip
-    meta = {"cpu": cpu_name(), "threads": threads, "jax": jax.__version__, "torch": torch_version,
+    meta = {"cpu": distributed.describe_machine(), "threads": threads, "torch": torch_version,
             "rounds": args.rounds, "date": time.strftime("%Y-%m-%d")}  # fmt: skip
     for row in rows:
         print(json.dumps({**row, **meta}))

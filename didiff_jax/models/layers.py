@@ -75,14 +75,11 @@ def build_with_overrides(
 # ------------------------------------------------------------------------------------ GroupNorm
 
 
-def _group_stats(x: jax.Array, num_groups: int, eps: float):
-    B, H, W, C = x.shape
-    xg = x.reshape(B, H * W, num_groups, C // num_groups)  # [B, HW, G, C/G]
-    mean = jnp.mean(xg, axis=(1, 3))  # [B, G]
-    var = jnp.maximum(0.0, jnp.mean(xg * xg, axis=(1, 3)) - mean * mean)  # fast variance, as Flax
-    rstd = lax.rsqrt(var + eps)  # [B, G]
-    per_channel = lambda v: jnp.repeat(v, C // num_groups, axis=1)[:, None, None, :]  # noqa: E731
-    return per_channel(mean), per_channel(rstd)  # [B, 1, 1, C] each
+def _group_mean(v: jax.Array, num_groups: int) -> jax.Array:
+    """[B, H, W, C] -> the mean over (H, W, C / G) of each group, per channel [B, 1, 1, C]."""
+    B, H, W, C = v.shape
+    m = jnp.mean(v.reshape(B, H * W, num_groups, C // num_groups), axis=(1, 3))  # [B, G]
+    return jnp.repeat(m, C // num_groups, axis=1)[:, None, None, :]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -100,24 +97,22 @@ def group_norm(
 
 
 def _group_norm_fwd(x, scale, bias, num_groups, eps):
-    mean, rstd = _group_stats(x, num_groups, eps)
+    mean = _group_mean(x, num_groups)  # [B, 1, 1, C]
+    var = jnp.maximum(0.0, _group_mean(x * x, num_groups) - mean * mean)  # as Flax's fast variance
+    rstd = lax.rsqrt(var + eps)
     y = (x - mean) * (rstd * scale) + bias
     return y, (x, scale, mean, rstd)
 
 
 def _group_norm_bwd(num_groups, eps, residuals, g):
     x, scale, mean, rstd = residuals
-    B, H, W, C = x.shape
     xhat = (x - mean) * rstd  # [B, H, W, C]
     d_bias = jnp.sum(g, axis=(0, 1, 2))  # [C]
     d_scale = jnp.sum(g * xhat, axis=(0, 1, 2))  # [C]
     dxhat = g * scale
-
-    def group_mean(v):  # [B, H, W, C] -> per-group mean, broadcast back to [B, 1, 1, C]
-        m = jnp.mean(v.reshape(B, H * W, num_groups, C // num_groups), axis=(1, 3))  # [B, G]
-        return jnp.repeat(m, C // num_groups, axis=1)[:, None, None, :]
-
-    dx = rstd * (dxhat - group_mean(dxhat) - xhat * group_mean(dxhat * xhat))
+    dx = rstd * (
+        dxhat - _group_mean(dxhat, num_groups) - xhat * _group_mean(dxhat * xhat, num_groups)
+    )
     return dx, d_scale, d_bias
 
 
