@@ -148,6 +148,14 @@ def apply_variants(
     return c
 
 
+def no_augmentation(data: dict) -> dict:
+    """``data`` without the random crop and flip. On a budget of a few epochs augmentation only
+    slows learning (measured on Fashion-MNIST after 1 epoch: DiDiRN-18 79.5% with crop and flip,
+    85.3% without; ResNet-18 86.8% and 88.7%; README: the default recipe); longer runs want it."""
+    data["augment"] = {**data["augment"], "crop": "none", "flip": False}
+    return data
+
+
 def fashion_mnist_variants(**extra) -> dict:
     """The Fashion-MNIST configs' variants: ``smoke``, ``noise=S`` (Gaussian noise of severity S on
     train and test images), ``blur=S``, ``lowres=S`` (downsample-then-upsample), ``ratio=R``

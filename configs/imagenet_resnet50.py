@@ -15,4 +15,7 @@ def get_config(arg: str | None = None):
     c.model.stem = "imagenet"
     c.objective = {"name": "classifier"}
     c.eval.samplers = [{"name": "classifier"}]
+    # [ref] train.py trains its non-diffusion baselines with label smoothing 0.1 (timm's
+    # LabelSmoothingCrossEntropy; with mixup, the strong recipe, the mixed targets carry it).
+    c.data.augment.label_smoothing = 0.1
     return c

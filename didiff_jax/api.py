@@ -50,14 +50,13 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from didiff_jax import checkpoint, evaluate, samplers, sharding
+from didiff_jax import checkpoint, checks, evaluate, samplers, sharding
 from didiff_jax.data import pipeline
 from didiff_jax.losses import ctmc_schedule, gaussian_schedule, mask_schedule, onehot_sampling
 from didiff_jax.train import host_params
 
 # The samplers each objective's network can drive ("classifier": the baselines' softmax).
-SAMPLERS = {"didicm": ("cp", "cl"), "add": ("onehot",), "tdd": ("onehot",), "mdd": ("masked",),
-            "classifier": ("classifier",)}  # fmt: skip
+SAMPLERS = checks.SAMPLERS
 
 
 # ------------------------------------------------------------------------ networks as functions
@@ -132,14 +131,14 @@ def _as_config(config: ml_collections.ConfigDict | str) -> ml_collections.Config
         return copy.deepcopy(config)
     path, _, arg = str(config).partition(":")
     if not pathlib.Path(path).is_file():
-        raise FileNotFoundError(f"config file {path} not found (expected configs/<name>.py)")
+        raise checks.MissingInputError(f"config file {path} not found (expected configs/<name>.py)")
     spec = importlib.util.spec_from_file_location("_didiff_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg or None)
 
 
-def _check_run_dir(workdir: str, step: int | None) -> None:
+def check_run_dir(workdir: str, step: int | None = None) -> None:
     """Fail early, saying what a run directory holds, for a missing or foreign ``workdir``."""
     if "://" in workdir:  # remote (gs://): orbax reports what is missing
         return
@@ -147,27 +146,29 @@ def _check_run_dir(workdir: str, step: int | None) -> None:
     expected = (f"expected a run directory written by `python -m didiff_jax.main --workdir "
                 f"{workdir}`: {checkpoint.CONFIG_FILE} and checkpoints/<step>/")  # fmt: skip
     if not root.is_dir():
-        raise FileNotFoundError(f"{workdir} does not exist; {expected}")
+        raise checks.MissingInputError(f"{workdir} does not exist; {expected}")
     if not (root / checkpoint.CONFIG_FILE).is_file():
         found = sorted(p.name for p in root.iterdir())[:8]
-        raise FileNotFoundError(f"{workdir} is not a didiff_jax run (no {checkpoint.CONFIG_FILE}; "
+        raise checks.MissingInputError(f"{workdir} is not a didiff_jax run (no {checkpoint.CONFIG_FILE}; "
                                 f"found {found}); {expected}")  # fmt: skip
     steps = sorted(int(p.name) for p in (root / "checkpoints").glob("*") if p.name.isdigit())
     if not steps:
-        raise FileNotFoundError(f"{workdir} has {checkpoint.CONFIG_FILE} but no checkpoint: "
+        raise checks.MissingInputError(f"{workdir} has {checkpoint.CONFIG_FILE} but no checkpoint: "
                                 f"{expected} (has the run saved its first checkpoint yet?)")  # fmt: skip
     if step is not None and step not in steps:
-        raise FileNotFoundError(f"{workdir} has no checkpoint of step {step}; saved steps: {steps}")
+        raise checks.MissingInputError(
+            f"{workdir} has no checkpoint of step {step}; saved steps: {steps}"
+        )
 
 
 def _read_run_config(workdir: str) -> ml_collections.ConfigDict:
     try:
         config = checkpoint.read_config(workdir)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{workdir}/{checkpoint.CONFIG_FILE} is not JSON ({e})") from None
+        raise checks.InputError(f"{workdir}/{checkpoint.CONFIG_FILE} is not JSON ({e})") from None
     missing = [k for k in ("model", "objective", "data", "eval") if k not in config]
     if missing:
-        raise ValueError(f"{workdir}/{checkpoint.CONFIG_FILE} is not a didiff_jax run config: "
+        raise checks.InputError(f"{workdir}/{checkpoint.CONFIG_FILE} is not a didiff_jax run config: "
                          f"missing {missing} (expected the config `main` writes)")  # fmt: skip
     return config
 
@@ -207,7 +208,7 @@ def load(workdir: str | os.PathLike, *, step: int | None = None, use_ema: bool =
         names both configs and lists the differing parameters.
     """
     workdir = os.fspath(workdir)
-    _check_run_dir(workdir, step)
+    check_run_dir(workdir, step)
     saved = _read_run_config(workdir)
     config = _local_mesh(_as_config(config) if config is not None else copy.deepcopy(saved))
     try:
@@ -284,7 +285,9 @@ class Trained:
 
         ``images``: uint8 in [0, 255] or float in [0, 1]; one image H x W or H x W x C
         (C = 1 or 3; a 3-D array whose last axis is not 1 or 3 is a batch of H x W images), a
-        batch B x H x W x C, or a list of images of any sizes (PIL images too). Channels are
+        batch B x H x W x C, or a list of images of any sizes (PIL images too). A float image with
+        a NaN or infinite pixel raises ``ValueError`` naming every such image by its index (the
+        network would turn it into NaN probabilities without a word). Channels are
         converted to the model's (RGB to grey with PIL's ITU-R 601 luma, grey to RGB by copying).
         uint8 images go through the evaluation transform (``pipeline.preprocess_eval``: the run's
         resize, then normalisation). Float images of the model's input size are only normalised
@@ -304,6 +307,7 @@ class Trained:
                                  f"got shape {arr.shape}")  # fmt: skip
         if not items:
             raise ValueError("images: got an empty batch")
+        _check_finite(items)
         return np.stack([self._preprocess_one(x, i) for i, x in enumerate(items)])
 
     def _as_array(self, image: Any) -> np.ndarray:
@@ -404,6 +408,9 @@ class Trained:
           probs [B, K] (captions: [B, N, V]) as numpy; with ``return_trajectory`` also the
           per-step probabilities [S, B, K] (MDD: the one-hot label decoded so far, 0 while masked).
         """
+        for name, value in (("num_steps", num_steps), ("batch_size", batch_size)):
+            if value is not None and (not isinstance(value, int | np.integer) or value < 1):
+                raise ValueError(f"{name}={value!r}: expected an integer >= 1 (or None)")
         x = self.preprocess(images)  # [B, H, W, C]
         entry = self.sampler_entry(sampler)
         steps = self._default_steps(entry) if num_steps is None else int(num_steps)
@@ -426,6 +433,18 @@ class Trained:
             trajs.append(np.asarray(traj)[:, :n])
         probs = np.concatenate(probs)
         return (probs, np.concatenate(trajs, axis=1)) if return_trajectory else probs
+
+
+def _check_finite(items: list[np.ndarray]) -> None:
+    """``ValueError`` naming (by index) every float image with a NaN or infinite pixel. Integer
+    images cannot hold one, so only float ones are scanned: a pass over the pixels, well under
+    1% of a prediction (docs/failure_behaviour.md gives the measured cost)."""
+    bad = [i for i, x in enumerate(items)
+           if np.issubdtype(x.dtype, np.inexact) and not np.isfinite(x).all()]  # fmt: skip
+    if bad:
+        shown = ", ".join(map(str, bad[:20])) + (", ..." if len(bad) > 20 else "")
+        raise ValueError(f"images: {len(bad)} of {len(items)} images have NaN or infinite pixels "
+                         f"(indices {shown}); expected finite values in [0, 1] (float) or uint8")  # fmt: skip
 
 
 def _convert_channels_uint8(image: np.ndarray, channels: int) -> np.ndarray:
@@ -483,7 +502,7 @@ def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
     try:
         with Image.open(path) as im:
             image = np.asarray(im.convert("L" if channels == 1 else "RGB"))
-    except (OSError, UnidentifiedImageError) as e:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
         raise ValueError(f"{path}: not a readable image ({e})") from None
     return image[..., None] if image.ndim == 2 else image
 

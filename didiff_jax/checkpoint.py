@@ -6,28 +6,46 @@ Layout of a workdir::
     <workdir>/checkpoints/<step>/  orbax: ``state`` (params, batch stats, optimizer, EMA, step, RNG)
                                    and ``data_iter`` (the grain iterator position)
 
+    <workdir>/.lock                held by the training run that uses the workdir (``workdir_lock``)
+    <workdir>/damaged_checkpoints/<step>/  a damaged checkpoint that a resumed run set aside
+
 Saving is asynchronous (training continues while the previous step is written); the newest
-``keep`` checkpoints are kept. Every process calls ``save``/``restore``, as orbax requires; a
-checkpoint written by P processes restores in a run of any other number of processes or devices
-(arrays are resharded; see ``restore`` for the data iterator). A workdir may be remote
+``keep`` checkpoints are kept. A damaged checkpoint (a truncated or missing file) is never
+restored: ``restore`` takes the newest intact one and says which it skipped. Every process calls
+``save``/``restore``, as orbax requires; a checkpoint written by P processes restores in a run of
+any other number of processes or devices (arrays are resharded; see ``restore`` for the data
+iterator). A workdir may be remote
 (``gs://bucket/run``): every path goes through ``workdir_path`` (etils.epath), never ``os``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import fcntl
 import json
+import logging
 import os
+import socket
+from collections.abc import Iterator
 
 import grain
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
+from didiff_jax import checks
 from didiff_jax.sharding import path_str
 
+log = logging.getLogger("didiff_jax")
+
 CONFIG_FILE = "config.json"
+LOCK_FILE = ".lock"
+DAMAGED_DIR = "damaged_checkpoints"
 
 
 def manager(workdir: str, *, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
@@ -67,22 +85,121 @@ class CheckpointMismatch(ValueError):
     """The checkpoint in a workdir does not fit the model of the config."""
 
 
+class CheckpointDamaged(ValueError):
+    """A checkpoint cannot be read (a truncated, missing or garbled file). The message is one line
+    naming the damaged step(s), the cause and how to go on; ``step`` and ``cause`` (the innermost
+    error's first line) are set for a single damaged step."""
+
+    def __init__(self, message: str, step: int | None = None, cause: str | None = None):
+        super().__init__(message)
+        self.step, self.cause = step, cause
+
+
 def restore(mgr: ocp.CheckpointManager, abstract_state, data_iter=None, *, step: int | None = None,
-            describe: str = "the config's model"):  # fmt: skip
-    """Restore ``step`` (default latest) into the structure, shapes and shardings of
-    ``abstract_state``; the data iterator, if given, is restored in place. Returns the state."""
-    step = mgr.latest_step() if step is None else step
-    if step is None:
+            describe: str = "the config's model", set_aside: bool = False):  # fmt: skip
+    """Restore into the structure, shapes and shardings of ``abstract_state``; the data iterator,
+    if given, is restored in place. Returns the state.
+
+    ``step`` None: the newest intact checkpoint. A damaged newer one (any read error other than a
+    model mismatch) is skipped with one warning line naming it and its cause; if no checkpoint
+    is intact, :class:`CheckpointDamaged` names them all. ``set_aside`` (a resuming training run):
+    a damaged step that an older intact one replaced is moved to ``<workdir>/damaged_checkpoints/``
+    so that the run can save that step again (it is moved only once an older step has restored,
+    so a failure that is not the checkpoint's, which would fail for every step, moves nothing).
+    ``step`` given: that step only; damaged, it raises :class:`CheckpointDamaged`.
+    :class:`CheckpointMismatch` (a checkpoint of another model) is raised as it is."""
+    if step is not None:
+        return _restore_step(mgr, step, abstract_state, data_iter, describe)
+    steps = sorted(mgr.all_steps(), reverse=True)
+    if not steps:
         raise FileNotFoundError(f"no checkpoint in {mgr.directory}")
-    _check_compatible(mgr, step, abstract_state, describe)
-    items = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iter is not None:
-        own = _iterator_state_from_other_process_count(mgr, step)
-        if own is None:
-            items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
-        else:
-            data_iter.set_state(own)
-    return mgr.restore(step, args=ocp.args.Composite(**items))["state"]
+    damaged: list[CheckpointDamaged] = []
+    for s in steps:
+        try:
+            state = _restore_step(mgr, s, abstract_state, data_iter, describe)
+        except CheckpointDamaged as e:
+            damaged.append(e)
+            continue
+        for d in damaged:
+            moved = _set_aside(mgr, d.step) if set_aside else None
+            where = f"; moved to {moved}" if moved else ""
+            log.warning("checkpoint %s/%d is damaged (%s); using step %d, the newest intact "
+                        "checkpoint%s", mgr.directory, d.step, d.cause, s, where)  # fmt: skip
+        if set_aside and damaged:
+            mgr.reload()
+        return state
+    listed = "; ".join(f"step {d.step}: {d.cause}" for d in damaged)
+    raise CheckpointDamaged(f"no intact checkpoint in {mgr.directory} ({listed}); to start the "
+                            f"run again, delete or move {mgr.directory}")  # fmt: skip
+
+
+def _restore_step(mgr: ocp.CheckpointManager, step: int, abstract_state, data_iter, describe: str):
+    """Restore ``step``; any failure to read it but a model mismatch raises
+    :class:`CheckpointDamaged` (``.step``, ``.cause``: the innermost error's first line), agreed
+    by every process (each reads its own shards, so one may fail where another does not)."""
+    try:
+        _check_compatible(mgr, step, abstract_state, describe)
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        saved_iter = (epath.Path(mgr.directory) / str(step) / "data_iter").exists()
+        if data_iter is not None and not saved_iter:
+            # Written without one (convert's import, an initial state): the data starts afresh.
+            log.warning("checkpoint %s/%d has no data-iterator state: the data order starts from "
+                        "the beginning", mgr.directory, step)  # fmt: skip
+        elif data_iter is not None:
+            own = _iterator_state_from_other_process_count(mgr, step)
+            if own is None:
+                items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+            else:
+                data_iter.set_state(own)
+        state, cause = mgr.restore(step, args=ocp.args.Composite(**items))["state"], None
+    except CheckpointMismatch:
+        raise
+    except Exception as e:  # whatever the read error (TensorStore, JSON, OS), the message names it
+        state, cause = None, _innermost(e)
+    if jax.process_count() > 1:
+        failed = multihost_utils.process_allgather(np.int32(cause is not None))
+        if cause is None and np.any(failed):
+            cause = f"unreadable in process {int(np.argmax(failed))}"
+    if cause is not None:
+        raise CheckpointDamaged(
+            f"checkpoint {mgr.directory}/{step} is damaged ({cause}); saved steps: "
+            f"{sorted(mgr.all_steps())}: restore another step, or delete {mgr.directory}/{step} "
+            "to use the newest intact one",
+            step=step,
+            cause=cause,
+        )
+    return state
+
+
+def _innermost(error: BaseException, limit: int = 300) -> str:
+    """``Type: first line`` of the innermost exception of a chain (where the cause is: orbax
+    wraps a read error in several layers and a long TensorStore spec), at most ``limit`` chars."""
+    for _ in range(32):
+        inner = error.__cause__ or error.__context__
+        if inner is None:
+            break
+        error = inner
+    first = (str(error).strip().splitlines() or [""])[0]
+    text = f"{type(error).__name__}: {first}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _set_aside(mgr: ocp.CheckpointManager, step: int) -> str | None:
+    """Move a damaged step out of the checkpoints to ``<workdir>/damaged_checkpoints/<step>``
+    (``<step>-1``, ``-2``, ... if taken), in process 0 while the others wait; returns where
+    (process 0) or None."""
+    target = None
+    if jax.process_index() == 0:
+        target = epath.Path(mgr.directory).parent / DAMAGED_DIR / str(step)
+        n = 0
+        while target.exists():
+            n += 1
+            target = target.parent / f"{step}-{n}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (epath.Path(mgr.directory) / str(step)).rename(target)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"didiff_jax: set aside damaged checkpoint {step}")
+    return None if target is None else str(target)
 
 
 def _iterator_state_from_other_process_count(mgr: ocp.CheckpointManager, step: int):
@@ -133,6 +250,75 @@ def _check_compatible(mgr, step: int, abstract_state, describe: str) -> None:
                 lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:10])
                              + (" ..." if len(items) > 10 else ""))  # fmt: skip
         raise CheckpointMismatch("\n".join(lines))
+
+
+_HELD: dict[str, list[int]] = {}
+"""This process's workdir locks: lock file -> [file descriptor (-1: not process 0), depth]."""
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str) -> Iterator[None]:
+    """Hold ``<workdir>/.lock`` while a training run uses the workdir: one run per workdir.
+
+    Two runs on one workdir would delete each other's checkpoints and interleave their metrics, so
+    a second run fails at once with :class:`~didiff_jax.checks.InputError` naming the workdir and
+    the holder (its pid, host and start time, which the holder writes into the file). The lock is
+    an exclusive ``fcntl.flock``: the OS releases it when its process ends, killed or not, so a
+    killed run leaves no stale lock (the file stays, unlocked, and the next run takes it over).
+
+    Only process 0 of a multi-process run takes it (the others share the workdir by design); the
+    outcome is broadcast, so that every process fails together. Re-entrant within a process
+    (``train_and_evaluate`` holds it around ``train`` and ``evaluate``). A remote workdir
+    (``gs://...``) is not locked: ``flock`` needs a local file system."""
+    if "://" in os.fspath(workdir):
+        yield
+        return
+    path = os.path.join(str(workdir_path(workdir)), LOCK_FILE)
+    if path not in _HELD:
+        fd, holder = _acquire(path) if jax.process_index() == 0 else (-1, "")
+        ok = fd is not None
+        if jax.process_count() > 1:  # every process learns process 0's outcome
+            ok = bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
+        if not ok:
+            where = f"workdir {workdir_path(workdir)} is in use by another training run"
+            if jax.process_index() != 0:
+                raise checks.InputError(f"{where} (see process 0's message)")
+            raise checks.InputError(f"{where} ({holder}; lock file {path}): one run per workdir; "
+                                    "wait for that run to end or stop it, or choose another "
+                                    "--workdir")  # fmt: skip
+        _HELD[path] = [fd, 0]
+    _HELD[path][1] += 1
+    try:
+        yield
+    finally:
+        _release(path)
+
+
+def _acquire(path: str) -> tuple[int | None, str]:
+    """(descriptor of the locked file, "") or (None, the holder's description)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by exec'd children
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 1000, 0).decode(errors="replace").strip() or "holder unknown"
+        os.close(fd)
+        return None, holder
+    since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
+    return fd, ""
+
+
+def _release(path: str) -> None:
+    """Leave one level of :func:`workdir_lock`; the outermost one unlocks and closes the file."""
+    held = _HELD[path]
+    held[1] -= 1
+    if held[1] == 0:
+        del _HELD[path]
+        if held[0] >= 0:
+            fcntl.flock(held[0], fcntl.LOCK_UN)
+            os.close(held[0])  # the file stays: removing it could race with a run that opened it
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:

@@ -12,6 +12,10 @@ Export a run's model as a PyTorch-named state dict (``.npz``; ``.pth`` when torc
 
 The state dict is checked against the model before anything is written: a checkpoint of another
 depth, K or stem fails listing missing keys, unexpected keys and shape mismatches.
+
+``.pth`` files are read with PyTorch's restricted unpickler (``weights_only=True``, plus the
+``argparse.Namespace`` of timm training checkpoints), so a downloaded checkpoint cannot run code;
+``--unsafe-full-unpickle`` turns that off for a file you trust (see ``--help``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from didiff_jax import checkpoint, optim, sharding
+from didiff_jax import checkpoint, optim, sharding, torch_checkpoint
 from didiff_jax.data import pipeline
 from didiff_jax.models.torch_interop import (
     StateDictMismatch,
@@ -38,32 +42,18 @@ from didiff_jax.models.torch_interop import (
 REPO_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
-def read_state_dict(path: str, *, ema: bool = False) -> dict[str, np.ndarray]:
-    """``{name: array}`` from an ``.npz`` or a torch checkpoint (timm: ``state_dict`` /
-    ``state_dict_ema``; a ``module.`` prefix from DataParallel is stripped)."""
+def read_state_dict(path: str, *, ema: bool = False, unsafe_full_unpickle: bool = False
+                    ) -> dict[str, np.ndarray]:  # fmt: skip
+    """``{name: array}`` from an ``.npz`` (read without pickle) or a torch checkpoint (timm:
+    ``state_dict`` / ``state_dict_ema``; a ``module.`` prefix from DataParallel is stripped).
+
+    Torch files are unpickled with PyTorch's restricted loader (see
+    :mod:`didiff_jax.torch_checkpoint`); ``unsafe_full_unpickle`` lifts the restriction, which
+    lets the file run arbitrary code."""
     if path.endswith(".npz"):
-        with np.load(path) as f:
+        with np.load(path, allow_pickle=False) as f:
             return {k: f[k] for k in f.files}
-    try:
-        import torch
-    except ImportError:
-        raise SystemExit(
-            f"reading {path} needs PyTorch: pip install 'didiff_jax[torch]' (or convert it to .npz "
-            "with {k: v.numpy() for k, v in state_dict.items()} where torch is available)"
-        ) from None
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    key = "state_dict_ema" if ema else "state_dict"
-    if isinstance(obj, dict) and key in obj:
-        obj = obj[key]
-    elif ema:
-        raise SystemExit(f"{path} has no 'state_dict_ema' (keys: {sorted(obj)[:10]})")
-    elif isinstance(obj, dict) and "model" in obj and hasattr(obj["model"], "items"):
-        obj = obj["model"]
-    out = {}
-    for k, v in obj.items():
-        if hasattr(v, "detach"):
-            out[k.removeprefix("module.")] = v.detach().cpu().numpy()
-    return out
+    return torch_checkpoint.read(path, ema=ema, unsafe_full_unpickle=unsafe_full_unpickle)
 
 
 def _load_config(path: str) -> ml_collections.ConfigDict:
@@ -152,6 +142,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--stem", help="import: override the config's stem")
     parser.add_argument("--ema", action="store_true", help="import timm's state_dict_ema")
+    parser.add_argument(
+        "--unsafe-full-unpickle",
+        action="store_true",
+        help="import: unpickle the .pth without restrictions (torch.load weights_only=False). "
+        "UNSAFE: a crafted checkpoint can run arbitrary code on this machine; use only for files "
+        "from a source you trust, and only when the default restricted loading refuses the file",
+    )
     args = parser.parse_args(argv)
     if args.export:
         sd = export_checkpoint(args.workdir, args.checkpoint)
@@ -164,8 +161,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.stem:
         config.model.stem = args.stem
     try:
-        import_checkpoint(read_state_dict(args.checkpoint, ema=args.ema), config, args.workdir,
-                          num_classes=args.num_classes)  # fmt: skip
+        state_dict = read_state_dict(args.checkpoint, ema=args.ema,
+                                     unsafe_full_unpickle=args.unsafe_full_unpickle)  # fmt: skip
+        import_checkpoint(state_dict, config, args.workdir, num_classes=args.num_classes)
+    except torch_checkpoint.UnsafeCheckpointError as e:
+        sys.exit(f"error: {e}")
     except StateDictMismatch as e:
         sys.exit(f"error: {args.checkpoint}: {e}")
     print(f"imported {args.checkpoint} as {args.model} into {args.workdir}")

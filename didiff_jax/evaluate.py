@@ -36,7 +36,7 @@ from jax.experimental import multihost_utils
 
 from didiff_jax import checkpoint, metrics, optim, plots, samplers, sharding
 from didiff_jax.data import captions, pipeline
-from didiff_jax.losses import ctmc_schedule, onehot_sampling
+from didiff_jax.losses import ctmc_schedule, mask_schedule, onehot_sampling
 from didiff_jax.train import hms, host_params, init_train_state
 
 log = logging.getLogger("didiff_jax")
@@ -100,13 +100,29 @@ def make_predict_fn(config: ml_collections.ConfigDict, graphdef, entry, num_step
             tokens, probs, traj = samplers.masked_sample(
                 lambda x, t, cond: model.denoise(jax.nn.one_hot(x, num_classes), t, cond, train=False),
                 c, key, num_classes=num_classes, num_steps=num_steps, return_trajectory=True,
-                **guide,
+                schedule=mask_schedule(config.objective), **guide,
             )  # fmt: skip
             onehots = jax.nn.one_hot(traj, num_classes)  # decoded label after each step (mask: 0)
             return probs, onehots
         raise ValueError(f"unknown sampler {name!r}: cp, cl, onehot, masked or classifier")
 
     return jax.jit(fn)
+
+
+def calibration_readout(label: str, probs, traj) -> tuple[Any, str]:
+    """(probabilities, name): what top-5, NLL and ECE are computed from; top-1 is always the
+    sampler's answer (``probs``).
+
+    The one-hot chain (ADD) ends with the head re-predicting from its own re-noised argmax: at the
+    last step (t = 1/S) it mostly copies it (mean top probability ~0.998 on a trained model), so
+    those probabilities say nothing about the uncertainty. Its readout is the first step's, the
+    prediction from pure noise (t = 1): the network's posterior over the label given the image.
+    The other samplers' final probabilities are already that (CP's chain marginal, CL's vote, the
+    masked sampler's draw distribution, the classifier's softmax): ``final``.
+    """
+    if label.startswith("onehot"):
+        return (None if traj is None else traj[0]), "t=1"
+    return probs, "final"
 
 
 def sampler_runs(config: ml_collections.ConfigDict) -> list[tuple[Any, int | None]]:
@@ -228,7 +244,9 @@ def sweep(config: ml_collections.ConfigDict, graphdef, state, info, mesh, *, run
             for (label, steps), fn in fns.items():
                 probs, traj = fn(params, rest, batch["image"], jax.random.fold_in(key, i))
                 probs, traj = _gather(probs)[mask], _gather(traj)  # [S, B, K] from all processes
-                stats = metrics.batch_stats(jnp.asarray(probs), jnp.asarray(labels[mask]))
+                readout, _ = calibration_readout(label, probs, traj[:, mask])
+                stats = metrics.batch_stats(jnp.asarray(readout), jnp.asarray(labels[mask]))
+                stats["top1_correct"] = np.sum(probs.argmax(-1) == labels[mask])  # the answer
                 totals[(label, steps)] = metrics.accumulate(totals.get((label, steps)), stats)
                 correct = (traj.argmax(-1)[:, mask] == labels[mask][None]).sum(axis=1)  # [S]
                 per_step[(label, steps)] = per_step.get((label, steps), 0) + correct
@@ -242,6 +260,7 @@ def sweep(config: ml_collections.ConfigDict, graphdef, state, info, mesh, *, run
                 "top1": result["top1"], "top5": result["top5"], "nll": result["nll"],
                 "ece": result["ece"], "count": int(result["count"]),
                 "top1_per_step": (per_step[(label, steps)] / result["count"]).tolist(),
+                "readout": calibration_readout(label, None, None)[1],
                 "reliability": result["reliability"],
             })  # fmt: skip
         best = max((r for r in records if r["condition"] == kind and r["severity"] == severity),

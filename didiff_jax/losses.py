@@ -31,6 +31,9 @@ from didiff_jax import diffusion as D
 
 LossFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]]
 
+# [ref] clamps the log-score of its soft-label loss to [-20, 20] (and not that of the hard-label one).
+SOFT_LOG_SCORE_CLIP = 20.0
+
 
 def ctmc_schedule(cfg: ml_collections.ConfigDict) -> D.LogLinear | D.Geometric:
     """The CTMC noise schedule named in the objective config (``loglinear`` [ref] or ``geometric``)."""
@@ -73,21 +76,33 @@ def _targets(batch: dict, num_classes: int) -> jax.Array:
     return jax.nn.one_hot(batch["label"], num_classes)
 
 
+def _stratified(cfg: ml_collections.ConfigDict) -> bool:
+    """``objective.t_sampling``: ``uniform`` (i.i.d. per example [ref]) or ``stratified``."""
+    name = cfg.get("t_sampling", "uniform")
+    if name not in ("uniform", "stratified"):
+        raise ValueError(f"objective.t_sampling must be 'uniform' or 'stratified', got {name!r}")
+    return name == "stratified"
+
+
 def didicm_objective(cfg: ml_collections.ConfigDict, num_classes: int) -> LossFn:
     schedule = ctmc_schedule(cfg)
-    clip = cfg.get("log_score_clip", None)
+    # ``log_score_clip``: 0 / None [ref]: no clamp on the hard-label loss, [-20, 20] on the
+    # soft-label one; > 0 clamps both at that value (a guard against overflow at high learning rates).
+    clip = cfg.get("log_score_clip", None) or None
+    soft_clip = clip or SOFT_LOG_SCORE_CLIP
+    stratified = _stratified(cfg)
 
     def loss_fn(model, batch, key):
         images, labels = batch["image"], batch["label"]
         B = labels.shape[0]
         k_t, k_x = jax.random.split(key)
-        t = D.sample_t(k_t, (B,))
+        t = D.sample_t(k_t, (B,), stratified=stratified)
         sigma, dsigma = schedule.sigma(t), schedule.dsigma(t)
         if "label_probs" in batch:
             p_t = D.uniform_marginal(batch["label_probs"], sigma)  # [B, K]
             x_t = D.sample_categorical(k_x, p_t)
             log_score = model(images, x_t, sigma, train=True)
-            per_example = D.soft_score_entropy(log_score, x_t, p_t, log_score_clip=clip)
+            per_example = D.soft_score_entropy(log_score, x_t, p_t, log_score_clip=soft_clip)
         else:
             x_t = D.sample_uniform(k_x, labels, sigma, num_classes)
             log_score = model(images, x_t, sigma, train=True)

@@ -10,12 +10,17 @@ One straight line of named helpers, big_vision style:
    asynchronous checkpoints every ``checkpoint_every_steps``; SIGTERM saves and exits;
 5. a final checkpoint, then ``evaluate`` (when ``config.eval.after_train``).
 
-A step whose loss is not finite leaves the state unchanged and is counted; the loop then stops with
-an error, keeping the last good checkpoint.
+A step whose loss or gradient is not finite leaves the state unchanged and is counted; the loop
+then stops with an error naming the last good checkpoint. A checkpoint is written only when the
+state is healthy (finite, predicting finite outputs in inference mode, its loss not exploded; see
+``didiff_jax.health``), so the last good checkpoint is one that predicts.
+
+One training run per workdir: a second one fails at once (``checkpoint.workdir_lock``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -30,7 +35,7 @@ import optax
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from didiff_jax import checkpoint, losses, optim, sharding
+from didiff_jax import checkpoint, checks, health, losses, optim, sharding
 from didiff_jax.data import pipeline
 from didiff_jax.models import create_model
 
@@ -107,13 +112,16 @@ def make_train_step(graphdef, loss_fn, tx, ema_decay: float):
             decay = optim.ema_decay_at(state["step"], ema_decay)
             new["ema"] = optim.ema_update(state["ema"], params, decay)
             new["ema_rest"] = optim.ema_update(state["ema_rest"], rest, decay)
-        finite = jnp.isfinite(loss)
-        # Skip the update on a non-finite loss: one branch, not a select over the whole state
-        # (a pass over params and optimizer moments; ~3% of the DiDiRN-18 step on a 2-core CPU).
+        grad_norm = optax.tree.norm(grads)  # reported anyway: testing it costs nothing
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        # Skip the update on a non-finite loss or gradient (a finite loss can come with NaN
+        # gradients, which would turn every parameter into NaN): one branch, not a select over the
+        # whole state (a pass over params and optimizer moments; ~3% of the DiDiRN-18 step on a
+        # 2-core CPU).
         new = jax.lax.cond(finite, lambda: new, lambda: state)
         new["step"] = state["step"] + 1
         new["nonfinite"] = state["nonfinite"] + (~finite).astype(jnp.int32)
-        metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
+        metrics = {**metrics, "grad_norm": grad_norm}
         return new, metrics
 
     return train_step
@@ -203,8 +211,18 @@ class _Stop:
 # ---------------------------------------------------------------------------------- the loop
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Train (or resume) the run in ``workdir``; returns the final train state."""
+def train(config: ml_collections.ConfigDict, workdir: str, *,
+          lock: contextlib.ExitStack | None = None) -> dict[str, Any]:  # fmt: skip
+    """Train (or resume) the run in ``workdir``; returns the final train state.
+
+    The workdir is locked (``checkpoint.workdir_lock``) from the first write until ``train``
+    returns, or until ``lock`` closes when given (``train_and_evaluate``: through the evaluation).
+    A resumed run starts from the newest intact checkpoint (a damaged newer one is set aside with
+    a warning). A checkpoint is written only when the state is healthy (:mod:`didiff_jax.health`);
+    an unhealthy state that cannot recover stops the run with ``FloatingPointError`` naming the
+    last good checkpoint."""
+    checks.check_config(config, mode="train", device_count=jax.device_count(),
+                        process_count=jax.process_count())  # fmt: skip
     info = pipeline.dataset_info(config.data)
     mesh = sharding.make_mesh(**config.mesh)
     rules = sharding.parse_rules(config.get("sharding_rules"))
@@ -217,59 +235,117 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     data = pipeline.train_dataset(config.data, info, global_batch_size=config.batch_size,
                                   seed=config.seed, source=source)  # fmt: skip
     data_iter = iter(data)
-    mgr = checkpoint.manager(workdir, keep=config.get("keep_checkpoints", 2))
-    if mgr.latest_step() is not None:
-        state = checkpoint.restore(mgr, abstract, data_iter,
-                                   describe=checkpoint.describe(config, workdir))  # fmt: skip
-        log.info("resumed from step %d", int(state["step"]))
-    else:
-        state = init_fn()
-    checkpoint.write_config(workdir, config)
+    with contextlib.ExitStack() as held:  # the workdir is this run's from its first write on
+        (lock if lock is not None else held).enter_context(checkpoint.workdir_lock(workdir))
+        mgr = checkpoint.manager(workdir, keep=config.get("keep_checkpoints", 2))
+        resumed = mgr.latest_step() is not None
+        resumed_from = None
+        if resumed:
+            state = checkpoint.restore(mgr, abstract, data_iter, set_aside=True,
+                                       describe=checkpoint.describe(config, workdir))  # fmt: skip
+            log.info("resumed from step %d", int(state["step"]))
+            resumed_from = f"{mgr.directory}/{int(state['step'])}"
+        else:
+            state = init_fn()
+        checkpoint.write_config(workdir, config)
 
-    loss_fn = losses.make_objective(config.objective, info.num_classes)
-    step_fn = jax.jit(
-        make_train_step(graphdef, loss_fn, tx, config.get("ema_decay", 0.0)),
-        in_shardings=(state_shardings, batch_sharding),
-        out_shardings=(state_shardings, None),
-        donate_argnums=0,
-    )
-    start = int(state["step"])
-    progress = Progress(workdir, steps, config.batch_size, start, config.get("tensorboard", False))
-    log_every = config.get("log_every_steps", 50)
-    ckpt_every = config.get("checkpoint_every_steps", 500)
-    stop = _Stop()
-    try:
-        for step in range(start + 1, steps + 1):
-            batch = pipeline.to_global(next(data_iter), batch_sharding)
-            state, metrics = step_fn(state, batch)
-            stop.poll(step)
-            if step % log_every == 0 or step == steps or stop.requested:
-                if int(state["nonfinite"]):
-                    raise FloatingPointError(
-                        f"non-finite loss before step {step} (last good checkpoint: step "
-                        f"{mgr.latest_step()}); lower the learning rate or set "
-                        "objective.log_score_clip"
-                    )
-                progress(step, {k: float(v) for k, v in metrics.items()}, float(lr_fn(step)))
-            if step % ckpt_every == 0 or step == steps or stop.requested:
-                checkpoint.save(mgr, step, state, data_iter, force=True)
-            if stop.requested:
-                break
-    finally:
-        mgr.wait_until_finished()
-        stop.restore()
-        if progress.writer is not None:
-            progress.writer.close()
+        loss_fn = losses.make_objective(config.objective, info.num_classes)
+        step_fn = jax.jit(
+            make_train_step(graphdef, loss_fn, tx, config.get("ema_decay", 0.0)),
+            in_shardings=(state_shardings, batch_sharding),
+            out_shardings=(state_shardings, None),
+            donate_argnums=0,
+        )
+        start = int(state["step"])
+        check = health.make_check(graphdef, loss_fn, config.eval.get("use_ema", True))
+        check = jax.jit(check, in_shardings=(state_shardings, batch_sharding))
+        guard = health.HealthCheck(check, last_good=start if resumed else None)
+        progress = Progress(workdir, steps, config.batch_size, start,
+                            config.get("tensorboard", False))  # fmt: skip
+        log_every = config.get("log_every_steps", 50)
+        ckpt_every = config.get("checkpoint_every_steps", 500)
+        stop = _Stop()
+        try:
+            for step in range(start + 1, steps + 1):
+                batch = pipeline.to_global(next(data_iter), batch_sharding)
+                if step == start + 1:  # the state the run starts from
+                    _check_start(guard, state, batch, resumed_from)
+                state, metrics = step_fn(state, batch)
+                stop.poll(step)
+                log_now = step % log_every == 0 or step == steps or stop.requested
+                save_now = step % ckpt_every == 0 or step == steps or stop.requested
+                if (log_now or save_now) and int(state["nonfinite"]):
+                    raise FloatingPointError(f"non-finite loss or gradients before step {step} "
+                                             f"({guard.describe_last()}); {ADVICE}")  # fmt: skip
+                if log_now:
+                    logged = {k: float(v) for k, v in metrics.items()}
+                    guard.record(logged.get("loss"))
+                # The check (collectives over every device) before the progress line: once that
+                # line is out, the next collectives are the save's barriers, where a dead process
+                # is reported at once (a collective over several devices per process can instead
+                # wait for the heartbeat timeout: test_distributed's dying-process test).
+                problem = guard.problem(state, batch) if save_now else None
+                if log_now:
+                    progress(step, logged, float(lr_fn(step)))
+                if save_now:
+                    _save_if_healthy(mgr, guard, problem, step, state, data_iter,
+                                     last=step == steps)  # fmt: skip
+                if stop.requested:
+                    break
+        finally:
+            mgr.wait_until_finished()
+            stop.restore()
+            if progress.writer is not None:
+                progress.writer.close()
     return {"state": state, "graphdef": graphdef, "info": info, "mesh": mesh,
             "stopped_early": stop.requested}  # fmt: skip
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
-    run = train(config, workdir)
-    if config.eval.get("after_train", True) and not run["stopped_early"]:
-        from didiff_jax import evaluate  # evaluation pulls in plotting
+ADVICE = "lower the learning rate or set objective.log_score_clip"
 
-        evaluate.evaluate(config, workdir, run=run)
+
+def _check_start(guard: health.HealthCheck, state: dict, batch: dict, resumed: str | None) -> None:
+    """Run the health check once before the first step, on the state the run starts from: a
+    resumed checkpoint (``resumed``: its directory) that is not finite or predicts NaN, as an
+    earlier version could write, stops the run before training goes on from it. (The check also
+    compiles here, with the train step, rather than at the first checkpoint.)"""
+    problem = guard.problem(state, batch)
+    if problem is None or problem[1]:
+        return
+    if resumed is None:
+        raise FloatingPointError(f"the initial state is not healthy ({problem[0]})")
+    raise FloatingPointError(f"checkpoint {resumed}, which the run resumes from, is not healthy "
+                             f"({problem[0]}): move it away to resume from an earlier one; "
+                             f"{ADVICE}")  # fmt: skip
+
+
+def _save_if_healthy(mgr, guard: health.HealthCheck, problem: tuple[str, bool] | None, step: int,
+                     state: dict, data_iter, *, last: bool) -> None:  # fmt: skip
+    """Save the checkpoint of ``step`` if the state is healthy (``problem``: the verdict of
+    ``guard.problem``). Otherwise write nothing and raise ``FloatingPointError`` (a state that
+    cannot recover, or the last step), or warn in one line and let training go on (an exploded
+    loss may come down again)."""
+    if problem is None:
+        checkpoint.save(mgr, step, state, data_iter, force=True)
+        guard.last_good = step
+        return
+    what, recoverable = problem
+    message = (f"step {step}: the train state is not healthy ({what}); its checkpoint is not "
+               f"written ({guard.describe_last()})")  # fmt: skip
+    if not recoverable or last:
+        raise FloatingPointError(f"{message}; {ADVICE}")
+    log.warning("%s; training goes on", message)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """:func:`train`, then ``evaluate`` (``config.eval.after_train``), holding the workdir lock
+    through both (a second run could otherwise start in the evaluation and write the same files)."""
+    with contextlib.ExitStack() as lock:
+        run = train(config, workdir, lock=lock)
+        if config.eval.get("after_train", True) and not run["stopped_early"]:
+            from didiff_jax import evaluate  # evaluation pulls in plotting
+
+            evaluate.evaluate(config, workdir, run=run)
 
 
 def host_params(state: dict, use_ema: bool) -> tuple[Any, Any]:

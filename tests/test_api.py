@@ -181,6 +181,34 @@ def test_preprocess_is_the_evaluation_transform(trained, images):
         trained.preprocess(np.zeros((1, 2, 28, 28, 1), np.uint8))
 
 
+@pytest.fixture(scope="module")
+def untrained_classifier(smoke_run):
+    """An untrained ResNet baseline (no train step to compile): enough to check the input checks."""
+    return didiff_jax.load(smoke_run("fashion_mnist_resnet", trained=False))
+
+
+def test_predict_rejects_non_finite_images_naming_them(untrained_classifier, images):
+    trained = untrained_classifier
+    x = images[:8] / np.float32(255)
+    finite = trained.predict(x)
+    assert finite.shape == (8, 10) and np.isfinite(finite).all()
+    bad = x.copy()
+    bad[2, 5, 5, 0] = np.nan
+    bad[5, 0, 0, 0] = np.inf
+    message = (r"^images: 2 of 8 images have NaN or infinite pixels \(indices 2, 5\); expected "
+               r"finite values in \[0, 1\] \(float\) or uint8$")  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        trained.predict(bad)
+    with pytest.raises(ValueError, match=r"1 of 2 images .* \(indices 1\)"):  # a list, any sizes
+        trained.predict([images[0], np.full((40, 40), np.nan, np.float32)])
+    with pytest.raises(ValueError, match=r"1 of 1 images"):
+        trained.preprocess(np.float64(-np.inf) * np.ones((28, 28)))
+    np.testing.assert_array_equal(trained.predict(images[:8]), trained.predict(images[:8]))
+    for name, value in (("num_steps", 0), ("batch_size", -1)):
+        with pytest.raises(ValueError, match=rf"^{name}={value}: expected an integer >= 1"):
+            trained.predict(images[:2], **{name: value})
+
+
 # ----------------------------------------------------------------------- the functional samplers
 
 

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ from configs import (
     fashion_grid_captions_tdd,
 )
 from didiff_jax import caption_metrics, evaluate, samplers, train
+from didiff_jax.checks import InputError, MissingInputError
 from didiff_jax.data import captions, fashion_mnist, pipeline
 from didiff_jax.diffusion import CosineAbar
 
@@ -219,6 +221,39 @@ def test_coco_source_records_and_errors(coco_root, tmp_path):
     cfg.root = ""
     with pytest.raises(ValueError, match="needs --config.data.root"):
         pipeline.load_source(cfg, "train")
+
+
+def test_coco_annotations_that_do_not_match_fail_naming_the_file(coco_root, tmp_path):
+    """Mismatched annotation files and a missing evaluation split fail before a run starts."""
+    path = tmp_path / "captions.json"
+    entries = [{"id": 1, "file_name": "a.jpg"}, {"id": 1, "file_name": "b.jpg"}]
+    path.write_text(json.dumps({"images": entries, "annotations": []}))
+    with pytest.raises(InputError, match=r"captions\.json: image id 1 appears twice in 'images'"):
+        captions.read_coco_captions(path)
+    path.write_text(json.dumps({"images": entries[:1],
+                                "annotations": [{"id": 7, "image_id": 1, "caption": None}]}))  # fmt: skip
+    with pytest.raises(InputError, match=r"annotation 7 has caption None, expected a string"):
+        captions.read_coco_captions(path)
+    path.write_text(json.dumps({"images": entries[:1],
+                                "annotations": [{"id": 8, "image_id": 2, "caption": "a cat"}]}))  # fmt: skip
+    with pytest.raises(InputError, match=r"captions\.json: annotation 8 names unknown image 2"):
+        captions.read_coco_captions(path)
+    path.write_text(json.dumps({"images": [{"id": 1, "file_name": ""}], "annotations": []}))
+    with pytest.raises(InputError, match=r"image 1 has file_name '', expected a file name"):
+        captions.read_coco_captions(path)
+    cfg = coco_captions_tdd.get_config("smoke").data
+    cfg.root = str(tmp_path / "nowhere")
+    with pytest.raises(MissingInputError, match=r"^data\.root=.*nowhere: no such directory"):
+        pipeline.check_data(cfg)
+    copy = tmp_path / "coco"
+    shutil.copytree(coco_root, copy)
+    cfg.root = str(copy)
+    pipeline.check_data(cfg)
+    captions.annotation_path(copy, "test").unlink()
+    pipeline.check_data(cfg, ("train",))
+    with pytest.raises(MissingInputError, match=r"has no annotations/captions_val2017\.json "
+                                                r"\(needed for the 'test' split"):  # fmt: skip
+        pipeline.check_data(cfg)
 
 
 # ------------------------------------------------------------------------------------- metrics

@@ -280,3 +280,34 @@ def test_cl_euler_probs():
     # A negative stay weight is never chosen: the chain must move.
     assert probs[1, 2] == 0.0
     np.testing.assert_allclose(probs[1], [1 / 3, 1 / 3, 0, 1 / 3], rtol=1e-6)
+
+
+@pytest.mark.parametrize("K", [2, 10, 100])
+def test_log_score_from_the_exact_denoiser_is_the_exact_score(K):
+    """With ``q(x_0 | x_t)`` the true posterior of a known ``p_0``, the closed form equals
+    ``log p_t(y) - log p_t(x_t)`` computed from ``expm(sigma Q)`` by brute force."""
+    rng = np.random.default_rng(K)
+    B = 6
+    p_0 = rng.dirichlet(np.full(K, 0.3), size=B)  # [B, K]
+    x_t = rng.integers(0, K, size=B)
+    sigma = np.array([1e-3, 0.05, 0.5, 2.0, 6.9, 15.0])
+    for b in range(B):
+        Q = np.ones((K, K)) / K - np.eye(K)
+        T = scipy.linalg.expm(sigma[b] * Q)  # T[y, x_0] = q_t(y | x_0)
+        p_t = T @ p_0[b]
+        posterior = p_0[b] * T[x_t[b]] / p_t[x_t[b]]  # q(x_0 | x_t)
+        with jax.enable_x64(True):
+            got = ctmc.log_score_from_x0_logits(
+                jnp.log(jnp.asarray(posterior))[None], jnp.asarray(x_t[b : b + 1]), sigma[b]
+            )[0]
+        want = np.log(p_t) - np.log(p_t[x_t[b]])
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-9, atol=1e-9)
+        assert float(got[x_t[b]]) == 0.0
+
+
+def test_log_score_from_x0_logits_float32_is_finite_with_finite_gradients():
+    logits = jnp.array([[30.0, -30.0, 0.0], [-30.0, 30.0, 0.0]], jnp.float32)
+    x_t, sigma = jnp.array([1, 0]), jnp.array([1e-5, 20.0], jnp.float32)
+    out = ctmc.log_score_from_x0_logits(logits, x_t, sigma)
+    grads = jax.grad(lambda z: ctmc.log_score_from_x0_logits(z, x_t, sigma).sum())(logits)
+    assert bool(jnp.all(jnp.isfinite(out))) and bool(jnp.all(jnp.isfinite(grads)))

@@ -259,8 +259,12 @@ def assert_same_training(run, reference, start_of=None) -> None:
     mine, ref = logged(run), logged(reference)
     for step in (2, 4):
         if step in mine:
+            # Step 2 sees the same parameters (rounding apart); step 4 those after two LAMB
+            # updates, whose sign flips of near-zero entries (see above) move the gradient norm
+            # at the 1e-3 level (measured 1.0e-3 with the default scale-and-shift DiDiRN).
+            rtol = 1e-5 if step == 2 else 5e-3
             for key in ("loss", "score_entropy", "grad_norm"):
-                np.testing.assert_allclose(mine[step][key], ref[step][key], rtol=1e-5,
+                np.testing.assert_allclose(mine[step][key], ref[step][key], rtol=rtol,
                                            err_msg=f"{key} at step {step}")  # fmt: skip
     end, begin = trained(run, 4), trained(start_of or run, 2)
     ref_end, ref_begin = trained(reference, 4), trained(reference, 2)

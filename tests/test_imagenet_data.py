@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import grain
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -18,9 +19,12 @@ from tensorflow_datasets.datasets.imagenet2012 import (
     imagenet2012_dataset_builder as imagenet_builder,
 )
 
+from didiff_jax.checks import InputError, MissingInputError
+from didiff_jax.data import pipeline
 from didiff_jax.data.imagenet import (
     CorruptImageWarning,
     ImageNetSource,
+    check_folder,
     class_names,
     image_folder,
     imagenet_tfds,
@@ -154,6 +158,60 @@ def test_image_folder_missing_folders(tmp_path):
         image_folder(os.fspath(tmp_path / "only_train"), "val", data_dir=os.fspath(tmp_path))
     with pytest.raises(ValueError, match="split must be"):
         image_folder(os.fspath(tmp_path / "only_train"), "test", data_dir=os.fspath(tmp_path))
+
+
+def test_image_folder_empty_class_folder_fails_before_preparing(tmp_path):
+    """A class folder without any image (here: only a .webp and a note) would give the model a
+    class it never sees: refused, naming the folder, before anything is written."""
+    root, data_dir = tmp_path / "r", tmp_path / "prepared"
+    _save(root / "train" / "n1" / "a.JPEG", np.zeros((4, 4, 3), np.uint8), "JPEG")
+    _save(root / "train" / "n2" / "b.webp", np.zeros((4, 4, 3), np.uint8), "WEBP")
+    (root / "train" / "n2" / "notes.txt").write_text("x")
+    empty = (root / "train" / "n2").resolve()
+    with pytest.raises(InputError, match=rf"^class folder {empty} holds no image file "
+                                         r"\(\.jpeg/\.jpg/\.png\); it holds 2 other entries, "
+                                         r"e\.g\. \['b\.webp', 'notes\.txt'\]"):  # fmt: skip
+        image_folder(os.fspath(root), "train", data_dir=os.fspath(data_dir))
+    assert not data_dir.exists()
+
+
+def test_image_folder_class_of_unreadable_images_fails_and_is_not_reused(tmp_path):
+    root, data_dir = tmp_path / "r", tmp_path / "prepared"
+    _save(root / "train" / "n1" / "a.JPEG", np.zeros((4, 4, 3), np.uint8), "JPEG")
+    (root / "train" / "n2").mkdir(parents=True)
+    for name in ("x.JPEG", "y.png"):
+        (root / "train" / "n2" / name).write_bytes(b"not an image")
+    lost = (root / "train" / "n2").resolve()
+    for _ in range(2):  # the failed preparation is removed: the second call fails the same way
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CorruptImageWarning)
+            with pytest.raises(InputError, match=rf"^every image file in class folder {lost} is "
+                                                 r"unreadable \(2 files; 1 such folders\)"):  # fmt: skip
+                image_folder(os.fspath(root), "train", data_dir=os.fspath(data_dir))
+    assert not list(data_dir.rglob("*.array_record*"))
+
+
+def test_check_folder_before_a_run(tmp_path):
+    """The cheap pre-run check: the evaluation split's folder is required before training."""
+    _save(tmp_path / "r" / "train" / "n1" / "a.JPEG", np.zeros((4, 4, 3), np.uint8), "JPEG")
+    check_folder(tmp_path / "r", ["train"])
+    cfg = ml_collections.ConfigDict({"name": "imagenet_folder", "root": str(tmp_path / "r")})
+    pipeline.check_data(cfg, ("train",))  # training alone: no 'val' needed
+    with pytest.raises(MissingInputError, match=r"has no 'val' sub-folder"):
+        pipeline.check_data(cfg)  # training then evaluating: 'val' must be there first
+    cfg.root = ""
+    with pytest.raises(InputError, match=r"needs --config\.data\.root=DIR"):
+        pipeline.check_data(cfg)
+    with pytest.raises(
+        MissingInputError, match=r"has no 'val' sub-folder \(needed for split 'val'\)"
+    ):
+        check_folder(tmp_path / "r")
+    (tmp_path / "r" / "val").mkdir()
+    with pytest.raises(MissingInputError, match=r"r/val has no class sub-folders"):
+        check_folder(tmp_path / "r")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(MissingInputError, match=r"image folder root .*file is not a directory"):
+        check_folder(tmp_path / "file")
 
 
 def test_image_folder_with_grain_and_pickle(folder):

@@ -1,7 +1,9 @@
 """Official PyTorch DiDiRN and timm ResNet weights reproduce the reference outputs (fixtures)."""
 
 import json
+import os
 import pathlib
+import subprocess
 import zlib
 
 import jax
@@ -17,6 +19,7 @@ from didiff_jax.models.torch_interop import (
     load_torch_weights,
 )
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = np.load(pathlib.Path(__file__).parent / "fixtures" / "reference_networks.npz")
 META = json.loads(bytes(FIXTURES["state_dicts_json"]).decode("utf-8"))
 STEMS = {"didirn18": "reference", "didirn50": "reference", "resnet18": "imagenet",
@@ -159,3 +162,101 @@ def test_convert_imports_a_run_that_reproduces_the_official_outputs(tmp_path):
         convert.main([str(npz), "--model", "didirn18", "--num-classes", "7", "--workdir",
                       str(tmp_path / "other")])  # fmt: skip
     assert not (tmp_path / "other").exists()
+
+
+# ------------------------------------------------------------- reading .pth without running code
+
+TORCH_PYTHON = os.environ.get("DIDIFF_TORCH_PYTHON") or str(REPO / ".venv-torch" / "bin" / "python")
+needs_torch_python = pytest.mark.skipif(
+    not pathlib.Path(TORCH_PYTHON).is_file(),
+    reason="no Python with torch and timm (.venv-torch, or set DIDIFF_TORCH_PYTHON)",
+)
+
+# Runs in the torch environment: a checkpoint written by timm's CheckpointSaver, as the official
+# DiDiCM train.py writes them (its argparse.Namespace of arguments, optimizer, EMA and AMP scaler
+# states, saver bookkeeping), reads back through the restricted loader; a crafted one does not run.
+PTH_SCRIPT = """
+import argparse, os, pickle, sys
+import torch
+from timm import utils
+from didiff_jax import torch_checkpoint
+
+out = sys.argv[1]
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+model(torch.randn(2, 3, 8, 8)).square().mean().backward()
+optimizer.step()
+ema = utils.ModelEmaV3(model, decay=0.5)
+with torch.no_grad():
+    model[0].weight.add_(1.0)  # the EMA now differs from the model
+try:
+    scaler = utils.NativeScaler(device="cpu")
+except TypeError:  # older timm
+    scaler = utils.NativeScaler()
+args = argparse.Namespace(model="didirn50", lr=None, opt_betas=None, model_kwargs={"stem": "x"},
+                          mean=[0.5, 0.5, 0.5], input_size=(3, 224, 224), amp=True, epochs=600,
+                          device="cpu", distributed=False, world_size=1)
+saver = utils.CheckpointSaver(model=model, optimizer=optimizer, args=args, model_ema=ema,
+                              amp_scaler=scaler, checkpoint_dir=out, recovery_dir=out,
+                              decreasing=False, max_history=1)
+saver.save_checkpoint(0, metric=0.5)
+path = os.path.join(out, "last.pth.tar")
+for ema_flag, source in ((False, model), (True, ema.module)):
+    got = torch_checkpoint.read(path, ema=ema_flag)
+    want = {k: v.numpy() for k, v in source.state_dict().items()}
+    assert sorted(got) == sorted(want), (sorted(got), sorted(want))
+    assert all((got[k] == want[k]).all() for k in want), ema_flag
+assert not (torch_checkpoint.read(path)["0.weight"] == torch_checkpoint.read(path, ema=True)["0.weight"]).all()
+assert isinstance(torch_checkpoint.load(path)["args"], argparse.Namespace)
+
+marker = os.path.join(out, "code-ran")
+class Payload:
+    def __reduce__(self):
+        return (open, (marker, "w"))
+evil = os.path.join(out, "evil.pth")
+torch.save({"state_dict": model.state_dict(), "args": Payload()}, evil)
+try:
+    torch_checkpoint.read(evil)
+    raise SystemExit("the crafted checkpoint was loaded")
+except torch_checkpoint.UnsafeCheckpointError as e:
+    print("REFUSED:", e)
+assert not os.path.exists(marker), "the crafted checkpoint ran code"
+torch_checkpoint.read(evil, unsafe_full_unpickle=True)
+assert os.path.exists(marker)
+print("OK")
+"""
+
+
+@needs_torch_python
+def test_pth_files_load_weights_and_timm_metadata_but_run_no_code(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("XLA_FLAGS", None)
+    out = subprocess.run([TORCH_PYTHON, "-c", PTH_SCRIPT, str(tmp_path)], capture_output=True,
+                         text=True, timeout=300, env=env, cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0 and out.stdout.rstrip().endswith("OK"), out.stdout + out.stderr
+    refused = next(line for line in out.stdout.splitlines() if line.startswith("REFUSED:"))
+    assert f"{tmp_path / 'evil.pth'}: refused to unpickle io.open" in refused  # open is io.open
+    assert "--unsafe-full-unpickle" in refused
+
+
+def test_full_unpickling_is_opt_in_and_its_help_names_the_risk(capsys):
+    from didiff_jax import convert
+
+    with pytest.raises(SystemExit) as done:
+        convert.main(["--help"])
+    assert done.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--unsafe-full-unpickle" in help_text
+    assert "can run arbitrary code on this machine" in help_text
+
+
+def test_npz_state_dicts_are_read_without_pickle(tmp_path):
+    from didiff_jax import convert
+
+    path = tmp_path / "sd.npz"
+    np.savez(path, weight=np.ones(3, np.float32), payload=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="allow_pickle=False"):
+        convert.read_state_dict(str(path))
+    np.savez(path, weight=np.ones(3, np.float32))
+    np.testing.assert_array_equal(convert.read_state_dict(str(path))["weight"], np.ones(3))

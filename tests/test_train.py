@@ -172,7 +172,7 @@ def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", str(tmp_path / "nothing"))
     monkeypatch.delenv("DIDIFF_FASHION_MNIST", raising=False)
     with pytest.raises(FileNotFoundError, match="apt-get install -y dataset-fashion-mnist"):
-        fashion_mnist.load("train", str(tmp_path / "empty"))
+        fashion_mnist.load("train")  # the default place; a directory of the user's: test_bad_input
 
 
 def test_predict_answers_good_images_and_names_bad_ones(tmp_path, capsys):
@@ -234,3 +234,42 @@ def test_ema_averages_floating_leaves_and_keeps_keys():
     np.testing.assert_allclose(optim.ema_decay_at(0, 0.999), 0.1)
     np.testing.assert_allclose(optim.ema_decay_at(90, 0.999), 91 / 100)
     np.testing.assert_allclose(optim.ema_decay_at(10**6, 0.999), 0.999)
+
+
+def test_didicm_log_score_clamp_is_the_official_one_unless_asked():
+    """``log_score_clip=0`` [ref]: the hard-label loss is not clamped, the soft-label one is clamped
+    to [-20, 20]; a positive value clamps both. A bad ``t_sampling`` is named."""
+    import ml_collections
+
+    from didiff_jax import diffusion as D
+
+    B, K = 8, 10
+    big = jnp.full((B, K), 30.0)  # a log-score beyond the clamp
+    labels = jnp.arange(B) % K
+    batch = {"image": jnp.zeros((B, 2, 2, 1)), "label": labels}
+    soft = {**batch, "label_probs": jax.nn.one_hot(labels, K) * 0.9 + 0.01}
+    model = lambda images, x_t, sigma, train: big  # noqa: E731
+    key = jax.random.key(0)
+
+    def loss(clip, b):
+        cfg = ml_collections.ConfigDict({"name": "didicm", "log_score_clip": clip})
+        return float(losses.make_objective(cfg, K)(model, b, key)[1]["score_entropy"])
+
+    def reference(b, hard_clip, soft_clip):
+        k_t, k_x = jax.random.split(key)
+        sigma = D.LogLinear().sigma(D.sample_t(k_t, (B,)))
+        if "label_probs" in b:
+            p_t = D.uniform_marginal(b["label_probs"], sigma)
+            x_t = D.sample_categorical(k_x, p_t)
+            return float(D.soft_score_entropy(big, x_t, p_t, log_score_clip=soft_clip).mean())
+        x_t = D.sample_uniform(k_x, labels, sigma, K)
+        return float(D.score_entropy(big, x_t, labels, sigma, log_score_clip=hard_clip).mean())
+
+    assert loss(0.0, batch) == pytest.approx(reference(batch, None, None), rel=1e-6)
+    assert loss(0.0, batch) > 1e11  # e^30: not clamped
+    assert loss(0.0, soft) == pytest.approx(reference(soft, None, 20.0), rel=1e-6)
+    assert loss(5.0, batch) == pytest.approx(reference(batch, 5.0, None), rel=1e-6)
+    assert loss(5.0, soft) == pytest.approx(reference(soft, None, 5.0), rel=1e-6)
+    cfg = ml_collections.ConfigDict({"name": "didicm", "t_sampling": "sobol"})
+    with pytest.raises(ValueError, match="t_sampling must be 'uniform' or 'stratified'"):
+        losses.make_objective(cfg, K)

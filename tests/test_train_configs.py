@@ -49,6 +49,8 @@ def test_other_configs_train_resume_and_evaluate(tmp_path, module, variant, samp
     records = evaluate.evaluate(config, str(tmp_path))
     assert sampler in {r["sampler"] for r in records}
     assert all(0.0 <= r["top1"] <= 1.0 and np.isfinite(r["nll"]) for r in records)
+    # ADD's calibration is read at t = 1, not from the chain's last (copying) step.
+    assert {r["readout"] for r in records} == {"t=1" if sampler.startswith("onehot") else "final"}
     out = capsys.readouterr().out  # 32 test images in batches of 16: 2 per condition
     assert "clean severity 0: batch 1/2 | ETA" in out
     assert "gaussian_noise severity 3: batch 1/2 | ETA" in out
@@ -93,3 +95,60 @@ def test_imagenet_configs_smoke_on_an_image_folder(tmp_path, image_folder, name)
     train.train_and_evaluate(config, str(tmp_path / "run"))
     records = evaluate.evaluate(config, str(tmp_path / "run"))
     assert records and all(r["count"] == 6 for r in records)
+
+
+def test_single_label_mdd_is_evaluated_with_its_training_schedule():
+    """The evaluator's masked sampler uses the objective's mask schedule (here cosine), as
+    captioning and the API do, not the sampler's default (linear)."""
+    import jax
+    import ml_collections
+    from flax import nnx
+
+    from didiff_jax import samplers
+    from didiff_jax.data import pipeline
+    from didiff_jax.diffusion import MaskCosine, MaskLinear
+
+    config = fashion_mnist_add_vit.get_config("smoke,mdd")
+    config.objective.schedule = "cosine"
+    info = pipeline.dataset_info(config.data)
+    model = train.build_model(config, info, nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    entry = ml_collections.ConfigDict({"name": "masked"})
+    images = jax.random.normal(jax.random.key(1), (64, *info.image_shape))
+    key = jax.random.key(2)
+    _, revealed = evaluate.make_predict_fn(config, graphdef, entry, 3, info.num_classes)(
+        params, rest, images, key
+    )
+
+    def direct(schedule):
+        c = model.encode(images, train=False)
+        fn = lambda x, t, cond: model.denoise(jax.nn.one_hot(x, 10), t, cond, train=False)  # noqa: E731
+        traj = samplers.masked_sample(fn, c, key, num_classes=10, num_steps=3, schedule=schedule,
+                                      return_trajectory=True)[2]  # fmt: skip
+        return np.asarray(jax.nn.one_hot(traj, 10))  # [S, B, K], the mask: an all-zero row
+
+    # Which step reveals each label depends on the schedule (same key, same network).
+    np.testing.assert_array_equal(np.asarray(revealed), direct(MaskCosine()))
+    assert not np.array_equal(np.asarray(revealed), direct(MaskLinear()))
+
+
+@pytest.mark.parametrize("variant", ["weak", "strong"])
+def test_imagenet_baseline_smooths_labels_as_the_official_script(variant):
+    """[ref] train.py: the ResNet baseline's cross-entropy has label smoothing 0.1 in both recipes
+    (with mixup, through the mixed targets); the diffusion model's loss has none of its own."""
+    resnet = importlib.import_module("configs.imagenet_resnet50").get_config(variant)
+    didirn = importlib.import_module("configs.imagenet_didirn50").get_config(variant)
+    assert resnet.data.augment.label_smoothing == 0.1
+    assert didirn.data.augment.label_smoothing == (0.1 if variant == "strong" else 0.0)
+    assert didirn.objective.log_score_clip == 0.0  # [ref]: no clamp on the hard-label loss
+
+
+def test_calibration_readout_of_the_one_hot_chain_is_its_first_step():
+    rng = np.random.default_rng(0)
+    traj = rng.dirichlet(np.ones(10), size=(5, 4))  # [S, B, K]
+    final = np.eye(10)[[1, 2, 3, 4]]  # a confident last step
+    got, name = evaluate.calibration_readout("onehot-argmax-g2", final, traj)
+    assert name == "t=1" and np.array_equal(got, traj[0])
+    for label in ("cp-euler", "cl-euler", "masked", "classifier"):
+        got, name = evaluate.calibration_readout(label, final, traj)
+        assert name == "final" and got is final

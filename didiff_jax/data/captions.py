@@ -48,6 +48,8 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from didiff_jax.checks import InputError, MissingInputError
+
 PAD, END, UNK = "<pad>", "<end>", "<unk>"
 SPECIALS = (PAD, END, UNK)
 PAD_ID, END_ID, UNK_ID = 0, 1, 2
@@ -136,33 +138,43 @@ def read_coco_captions(path: str | os.PathLike) -> tuple[list[dict], dict[int, l
     """(image entries with at least one caption, ``image id -> captions``) of a COCO captions file."""
     path = pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{path} not found: a COCO captions root holds annotations/captions_train2017.json, "
             "annotations/captions_val2017.json, train2017/ and val2017/"
         )
     try:
         data = json.loads(path.read_text())
         images, annotations = data["images"], data["annotations"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a COCO captions file (needs 'images' and 'annotations'; "
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise InputError(f"{path}: not a COCO captions file (needs 'images' and 'annotations'; "
                          f"{type(e).__name__}: {e})") from None  # fmt: skip
+    if not isinstance(images, list) or not isinstance(annotations, list):
+        raise InputError(f"{path}: 'images' and 'annotations' must be lists")
     by_id: dict[int, list[str]] = collections.defaultdict(list)
     ids = set()
     for entry in images:
-        if "id" not in entry or "file_name" not in entry:
-            raise ValueError(f"{path}: image entry without 'id'/'file_name': {entry}")
+        if not isinstance(entry, dict) or "id" not in entry or "file_name" not in entry:
+            raise InputError(f"{path}: image entry without 'id'/'file_name': {entry}")
+        if not isinstance(entry["file_name"], str) or not entry["file_name"]:
+            raise InputError(f"{path}: image {entry['id']} has file_name {entry['file_name']!r}, "
+                             "expected a file name")  # fmt: skip
+        if entry["id"] in ids:  # two files under one id would share (and mix) their captions
+            raise InputError(f"{path}: image id {entry['id']} appears twice in 'images'")
         ids.add(entry["id"])
     for a in annotations:
-        if "image_id" not in a or "caption" not in a:
-            raise ValueError(f"{path}: annotation without 'image_id'/'caption': {a}")
+        if not isinstance(a, dict) or "image_id" not in a or "caption" not in a:
+            raise InputError(f"{path}: annotation without 'image_id'/'caption': {a}")
         if a["image_id"] not in ids:
-            raise ValueError(
+            raise InputError(
                 f"{path}: annotation {a.get('id')} names unknown image {a['image_id']}"
             )
+        if not isinstance(a["caption"], str):
+            raise InputError(f"{path}: annotation {a.get('id')} has caption {a['caption']!r}, "
+                             "expected a string")  # fmt: skip
         by_id[a["image_id"]].append(a["caption"])
     kept = sorted((e for e in images if by_id.get(e["id"])), key=lambda e: e["id"])
     if not kept:
-        raise ValueError(f"{path}: no image has a caption")
+        raise InputError(f"{path}: no image has a caption")
     return kept, dict(by_id)
 
 
@@ -172,8 +184,8 @@ def read_image(path: pathlib.Path, channels: int) -> np.ndarray:
         with Image.open(path) as im:
             im = im.convert("L" if channels == 1 else "RGB")
             image = np.asarray(im, np.uint8)
-    except OSError as e:
-        raise ValueError(f"{path}: not a readable image ({e})") from None
+    except (OSError, Image.DecompressionBombError) as e:
+        raise InputError(f"{path}: not a readable image ({e})") from None
     return image.reshape(image.shape[:2] + (channels,))
 
 
@@ -199,7 +211,7 @@ class CaptionSource:
             e["file_name"] for e in self.images if not (self.image_dir / e["file_name"]).is_file()
         ]
         if missing:
-            raise FileNotFoundError(f"{len(missing)} image files listed in "
+            raise MissingInputError(f"{len(missing)} image files listed in "
                                     f"{annotation_path(root, split)} are missing from "
                                     f"{self.image_dir}, e.g. {missing[:3]}")  # fmt: skip
         self.captions = [captions[e["id"]] for e in self.images]
@@ -397,11 +409,11 @@ def _check_generated(out: pathlib.Path, params: dict) -> None:
         try:
             info = json.loads(path.read_text()).get("info", {})
         except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{out} exists but is not a complete Fashion-grid set ({e}); "
+            raise InputError(f"{out} exists but is not a complete Fashion-grid set ({e}); "
                              "delete it to regenerate") from None  # fmt: skip
         got = {k: info.get(k) for k in params}
         if got != params:
-            raise ValueError(f"{path} was generated with {got}, the config asks for {params}; "
+            raise InputError(f"{path} was generated with {got}, the config asks for {params}; "
                              "use another data.root or delete it")  # fmt: skip
 
 
@@ -418,9 +430,7 @@ def default_cache_dir() -> pathlib.Path:
 def data_root(cfg: ml_collections.ConfigDict) -> pathlib.Path:
     """The COCO-format root of ``cfg``; for ``fashion_grid`` it is generated on first use."""
     if cfg.name == "coco_captions":
-        if not cfg.get("root"):
-            raise ValueError("data.name='coco_captions' needs --config.data.root=DIR (DIR/annotations/"
-                             "captions_{train,val}2017.json, DIR/train2017/, DIR/val2017/)")  # fmt: skip
+        check_root(cfg, ())
         return pathlib.Path(cfg.root)
     if cfg.name != "fashion_grid":
         raise ValueError(f"caption data.name must be one of {DATA_NAMES}, got {cfg.name!r}")
@@ -430,6 +440,29 @@ def data_root(cfg: ml_collections.ConfigDict) -> pathlib.Path:
     return generate_fashion_grid(root, seed=cfg.generator_seed, num_train=cfg.num_train,
                                  num_test=cfg.num_test, refs_per_image=cfg.refs_per_image,
                                  fashion_dir=cfg.get("data_dir") or None)  # fmt: skip
+
+
+COCO_LAYOUT = ("DIR/annotations/captions_{train,val}2017.json, DIR/train2017/, "
+               "DIR/val2017/")  # fmt: skip
+
+
+def check_root(cfg: ml_collections.ConfigDict, splits: Sequence[str] = tuple(SPLIT_DIRS)) -> None:
+    """For ``coco_captions``: ``MissingInputError`` unless ``data.root`` is a directory holding the
+    annotation file and image folder of each of ``splits``. Reads no file, so it runs before a
+    run starts (the evaluation split's files are then known to exist before training). The
+    Fashion-grid set is generated, and checked, on first use."""
+    if cfg.name != "coco_captions":
+        return
+    if not cfg.get("root"):
+        raise InputError(f"data.name='coco_captions' needs --config.data.root=DIR ({COCO_LAYOUT})")
+    root = pathlib.Path(cfg.root)
+    if not root.is_dir():
+        raise MissingInputError(f"data.root={cfg.root}: no such directory (expected {COCO_LAYOUT})")
+    for split in splits:
+        for path in (annotation_path(root, split), root / SPLIT_DIRS[split]):
+            if not path.exists():
+                raise MissingInputError(f"data.root={cfg.root} has no {path.relative_to(root)} "
+                                        f"(needed for the {split!r} split; expected {COCO_LAYOUT})")  # fmt: skip
 
 
 @functools.lru_cache(maxsize=8)
@@ -450,7 +483,7 @@ def tokenizer_for(cfg: ml_collections.ConfigDict) -> Tokenizer:
 def load_source(cfg: ml_collections.ConfigDict, split: str) -> CaptionSource:
     """Training split: one record per caption; 'test' (COCO's val2017): one record per image."""
     if split not in SPLIT_DIRS:
-        raise ValueError(f"caption split must be 'train' or 'test', got {split!r}")
+        raise InputError(f"caption split must be 'train' or 'test', got {split!r}")
     return CaptionSource(data_root(cfg), split, tokenizer_for(cfg), int(cfg.seq_len),
                          channels=int(cfg.channels),
                          per="caption" if split == "train" else "image")  # fmt: skip

@@ -9,7 +9,8 @@ with ``image`` a uint8 ``[H, W, 3]`` array), so ``grain.MapDataset.source(src)``
   step once elsewhere, or use the folder layout instead.
 * :func:`image_folder` reads the plain layout ``root/{train,val}/<wnid>/*.JPEG``. A small TFDS
   builder writes it once to ArrayRecord (TFDS writes ArrayRecord without TensorFlow), after which
-  every call only reads. Unreadable images are skipped with a warning at preparation time.
+  every call only reads. Unreadable images are skipped with a warning at preparation time; a
+  class folder without any (readable) image is an error.
 
 Images are decoded here with PIL and ``convert("RGB")`` rather than by TFDS's NumPy decoder,
 because that decoder returns palette indices for ``P`` images and 4 channels for RGBA/CMYK.
@@ -23,6 +24,7 @@ import io
 import json
 import os
 import re
+import shutil
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -34,6 +36,8 @@ from etils import epath
 from PIL import Image
 from tensorflow_datasets.core import constants as tfds_constants
 
+from didiff_jax.checks import InputError, MissingInputError
+
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 FOLDER_SPLITS = ("train", "val")
 MARKER_FILE = "didiff_image_folder.json"
@@ -42,6 +46,10 @@ FOLDER_LAYOUT = (
     "  <root>/train/<wnid>/*.JPEG   e.g. <root>/train/n01440764/n01440764_10026.JPEG\n"
     "  <root>/val/<wnid>/*.JPEG     e.g. <root>/val/n01440764/ILSVRC2012_val_00000293.JPEG\n"
     "(one sub-folder per class, class index = sorted folder name; .jpg/.jpeg/.png accepted)"
+)
+FOLDER_LAYOUT_LINE = (
+    "expected <root>/train/<wnid>/*.JPEG and <root>/val/<wnid>/*.JPEG (one sub-folder per class, "
+    "class index = sorted folder name; .jpg/.jpeg/.png accepted)"
 )
 
 
@@ -177,21 +185,17 @@ def image_folder(root: str, split: str, *, data_dir: str | None = None) -> Image
     images with a :class:`CorruptImageWarning` each. Later calls only read; if the class folders
     or split folders of ``root`` no longer match what was prepared, they raise ``ValueError``
     (files changed inside existing class folders are not detected).
+
+    Before the first preparation, a class folder without any image file raises ``InputError``
+    naming it (the model would have a class it never sees); so does, after it, a class folder
+    whose every image was unreadable (that preparation is then removed, not reused).
     """
     root_path = Path(root).expanduser().resolve()
     folder = _folder_split(split)
-    if not root_path.is_dir():
-        raise FileNotFoundError(f"image folder root {root_path} does not exist; {FOLDER_LAYOUT}")
-    if not (root_path / folder).is_dir():
-        raise FileNotFoundError(
-            f"image folder {root_path} has no {folder!r} sub-folder "
-            f"(needed for split {split!r}); {FOLDER_LAYOUT}"
-        )
+    check_folder(root_path, [folder])
     splits = [s for s in FOLDER_SPLITS if (root_path / s).is_dir()]
     per_split = {s: _class_dirs(root_path / s) for s in splits}
     names = sorted(set().union(*per_split.values()))
-    if not per_split[folder]:
-        raise FileNotFoundError(f"{root_path / folder} has no class sub-folders; {FOLDER_LAYOUT}")
 
     if data_dir is None:
         data_dir = os.fspath(_default_folder_data_dir(root_path))
@@ -202,8 +206,10 @@ def image_folder(root: str, split: str, *, data_dir: str | None = None) -> Image
     if builder.is_prepared():
         _check_unchanged(builder, marker, root_path, splits, names)
     else:
+        listed = _listed_images(root_path, per_split)  # raises on an empty class folder
         builder.download_and_prepare(file_format="array_record")
         _report_skipped(builder.skipped, root_path)
+        _check_no_class_lost(listed, builder.skipped, Path(builder.data_path))
         marker.write_text(
             json.dumps(
                 {
@@ -221,11 +227,60 @@ def image_folder(root: str, split: str, *, data_dir: str | None = None) -> Image
     return ImageNetSource(records, names, name=f"{root_path}/{split}")
 
 
+def check_folder(root: str | os.PathLike, splits: Sequence[str] = FOLDER_SPLITS) -> None:
+    """Raise ``MissingInputError`` unless ``root`` and its ``splits`` folders exist and each split
+    folder holds class sub-folders. Lists no image file, so it is cheap enough to run before a
+    run starts (the folder of the evaluation split is then known to exist before training)."""
+    root_path = Path(root).expanduser().resolve()
+    if not root_path.is_dir():
+        what = "is not a directory" if root_path.exists() else "does not exist"
+        raise MissingInputError(f"image folder root {root_path} {what}; {FOLDER_LAYOUT_LINE}")
+    for split in splits:
+        folder = _folder_split(split)
+        if not (root_path / folder).is_dir():
+            raise MissingInputError(f"image folder {root_path} has no {folder!r} sub-folder "
+                                    f"(needed for split {split!r}); {FOLDER_LAYOUT_LINE}")  # fmt: skip
+        if not _class_dirs(root_path / folder):
+            raise MissingInputError(
+                f"{root_path / folder} has no class sub-folders; {FOLDER_LAYOUT_LINE}"
+            )
+
+
+def _listed_images(root: Path, per_split: dict[str, list[str]]) -> dict[Path, list[Path]]:
+    """``{class folder: its image files}``; ``InputError`` for a class folder without any."""
+    listed = {}
+    for split, wnids in per_split.items():
+        for wnid in wnids:
+            class_dir = root / split / wnid
+            listed[class_dir] = _image_files(class_dir)
+            if not listed[class_dir]:
+                others = sorted(e.name for e in os.scandir(class_dir))
+                shown = (
+                    f"; it holds {len(others)} other entries, e.g. {others[:3]}" if others else ""
+                )
+                raise InputError(f"class folder {class_dir} holds no image file "
+                                 f"(.jpeg/.jpg/.png){shown}: add its images or remove it")  # fmt: skip
+    return listed
+
+
+def _check_no_class_lost(listed: dict[Path, list[Path]], skipped: list[str],
+                         prepared: Path) -> None:  # fmt: skip
+    """After preparing: a class folder whose every image was skipped as unreadable is an error
+    (its class would have no example); the preparation is removed so it is not reused."""
+    skipped_set = set(skipped)
+    lost = [d for d, paths in listed.items() if all(os.fspath(p) in skipped_set for p in paths)]
+    if lost:
+        shutil.rmtree(prepared, ignore_errors=True)
+        raise InputError(f"every image file in class folder {lost[0]} is unreadable "
+                         f"({len(listed[lost[0]])} files; {len(lost)} such folders): fix or "
+                         "remove them")  # fmt: skip
+
+
 def _folder_split(split: str) -> str:
     base = split.split("[")[0]
     base = "val" if base == "validation" else base
     if base not in FOLDER_SPLITS:
-        raise ValueError(f"split must be 'train' or 'val' (optionally sliced), got {split!r}")
+        raise InputError(f"split must be 'train' or 'val' (optionally sliced), got {split!r}")
     return base
 
 
@@ -282,7 +337,7 @@ def _check_unchanged(
     if old_splits != sorted(splits):
         problems.append(f"split folders changed (prepared {old_splits}, now {sorted(splits)})")
     if problems:
-        raise ValueError(
+        raise InputError(
             f"image folder {root} no longer matches its ArrayRecord copy in {builder.data_path}: "
             + "; ".join(problems)
             + f". Delete {builder.data_path} to prepare it again, or pass another data_dir."

@@ -23,6 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from didiff_jax.checks import InputError, check_labels
 from didiff_jax.data import augment, captions, corruptions, fashion_mnist
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -41,6 +42,8 @@ class ArraySource:
     """Random access over in-memory arrays: ``src[i] -> {"image": uint8 [H, W, C], "label": int}``."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray):
+        if len(images) != len(labels):
+            raise InputError(f"ArraySource: {len(images)} images but {len(labels)} labels")
         self.images, self.labels = images, labels
 
     def __len__(self) -> int:
@@ -80,14 +83,51 @@ def load_source(cfg: ml_collections.ConfigDict, split: str):
         tfds_split = "train" if split == "train" else "validation"
         if cfg.name == "imagenet_tfds":
             return imagenet.imagenet_tfds(tfds_split, cfg.get("data_dir") or None)
-        if not cfg.get("root"):
-            raise ValueError("data.name='imagenet_folder' needs --config.data.root=DIR "
-                             "(DIR/train/<wnid>/*.JPEG, DIR/val/<wnid>/*.JPEG)")  # fmt: skip
+        _require_folder_root(cfg)
         return imagenet.image_folder(cfg.root, "train" if split == "train" else "val",
                                      data_dir=cfg.get("data_dir") or None)  # fmt: skip
-    raise ValueError(f"data.name must be 'fashion_mnist', 'fashion_mnist_tfds', 'imagenet_tfds' or "
-                     "'imagenet_folder', "
-                     f"got {cfg.name!r}")  # fmt: skip
+    raise InputError(f"data.name must be one of {DATA_NAMES}, got {cfg.name!r}")
+
+
+DATA_NAMES = ("fashion_mnist", "fashion_mnist_tfds", "imagenet_tfds", "imagenet_folder",
+              *captions.DATA_NAMES)  # fmt: skip
+
+
+def _require_folder_root(cfg: ml_collections.ConfigDict) -> None:
+    if not cfg.get("root"):
+        raise InputError("data.name='imagenet_folder' needs --config.data.root=DIR "
+                         "(DIR/train/<wnid>/*.JPEG, DIR/val/<wnid>/*.JPEG)")  # fmt: skip
+
+
+def check_data(cfg: ml_collections.ConfigDict, splits: tuple[str, ...] = ("train", "test")) -> None:
+    """The cheap checks of ``cfg``'s data for ``splits`` ('train', 'test'), run before a run
+    starts so that a missing or malformed evaluation split fails before training, not after it.
+
+    Fashion-MNIST (IDX): the four files in the one directory, their headers and every label.
+    Image folder: the root, split and class folders exist (no image is listed). COCO captions:
+    the root, annotation files and image folders exist. TFDS sources are checked when opened.
+    Raises :class:`~didiff_jax.checks.InputError` (or ``MissingInputError``)."""
+    if cfg.name not in DATA_NAMES:
+        raise InputError(f"data.name must be one of {DATA_NAMES}, got {cfg.name!r}")
+    if cfg.name == "fashion_mnist":
+        fashion_mnist.check(cfg.get("data_dir") or None, splits)
+    elif cfg.name == "imagenet_folder":
+        from didiff_jax.data import imagenet
+
+        _require_folder_root(cfg)
+        imagenet.check_folder(cfg.root, ["train" if s == "train" else "val" for s in splits])
+    elif cfg.name == "coco_captions":
+        captions.check_root(cfg, splits)
+
+
+def _check_source_labels(source, num_classes: int, split: str) -> None:
+    """Labels outside [0, K) in a source whose labels are at hand without decoding (an
+    ``ArraySource``, or any source with a ``labels`` array): ``InputError`` before any batch."""
+    labels = getattr(source, "labels", None)
+    if labels is not None:
+        check_labels(
+            np.asarray(labels), num_classes, f"the {split!r} source ({type(source).__name__})"
+        )
 
 
 def dataset_info(cfg: ml_collections.ConfigDict) -> DataInfo:
@@ -103,7 +143,7 @@ def dataset_info(cfg: ml_collections.ConfigDict) -> DataInfo:
 
         names = tuple(imagenet.class_names(load_source(cfg, "train")))
         return DataInfo(len(names), names, (res, res, 3), IMAGENET_MEAN, IMAGENET_STD)
-    raise ValueError(f"unknown data.name {cfg.name!r}")
+    raise InputError(f"data.name must be one of {DATA_NAMES}, got {cfg.name!r}")
 
 
 def class_subset(labels: np.ndarray, ratio: float, seed: int) -> np.ndarray:
@@ -212,8 +252,9 @@ def train_dataset(cfg: ml_collections.ConfigDict, info: DataInfo, *, global_batc
     """The infinite training stream of this process's share of each global batch."""
     P, p = jax.process_count(), jax.process_index()
     if global_batch_size % P:
-        raise ValueError(f"batch size {global_batch_size} is not divisible by {P} processes")
+        raise InputError(f"batch size {global_batch_size} is not divisible by {P} processes")
     source = load_source(cfg, "train") if source is None else source
+    _check_source_labels(source, info.num_classes, "train")
     ratio = cfg.get("train_ratio", 1.0)
     if ratio < 1.0:
         source = IndexedSource(
@@ -236,6 +277,7 @@ def eval_dataset(cfg: ml_collections.ConfigDict, info: DataInfo, *, split: str,
     """Batches of ``split`` padded to whole global batches; ``mask`` is False on the padding."""
     P, p = jax.process_count(), jax.process_index()
     source = load_source(cfg, split) if source is None else source
+    _check_source_labels(source, info.num_classes, split)
     n = len(source) if max_examples is None else min(len(source), max_examples)
     padded = math.ceil(n / global_batch_size) * global_batch_size
     order = np.arange(padded)

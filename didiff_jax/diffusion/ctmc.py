@@ -107,6 +107,39 @@ def log_rho(sigma: jax.Array, num_classes: int) -> jax.Array:
     return lem - jnp.logaddexp(lem, jnp.log(float(num_classes)))
 
 
+def log_score_from_x0_logits(logits: jax.Array, x_t: jax.Array, sigma: jax.Array) -> jax.Array:
+    """The log concrete score implied by a denoiser ``q(x_0 | x_t) = softmax(logits)``.
+
+    ``s_y = sum_{x_0} q(x_0) q_t(y | x_0) / q_t(x_t | x_0)``, exact when ``q`` is the true
+    posterior of the clean label. With ``rho = expm1(sigma) / (expm1(sigma) + K)`` (``log_rho``),
+    for ``y != x_t``:
+
+        s_y = (1 - q(x_t)) + (1 / rho - 1) q(y) + rho q(x_t),
+
+    computed as a log-sum-exp of the three terms. A network that outputs ``logits`` is a classifier
+    conditioned on ``(x_t, sigma)``; this turns it into the score the losses and samplers take.
+
+    Args:
+      logits: [B, K] unnormalised log-probabilities of the clean label.
+      x_t: int [B] current labels.
+      sigma: [B] (or scalar) total noise.
+    Returns:
+      [B, K] log-score, exactly 0 at ``x_t``.
+    """
+    K = logits.shape[-1]
+    log_q = jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), -1)
+    at_xt = jax.nn.one_hot(x_t, K, dtype=bool)  # [B, K]
+    log_q_xt = jnp.sum(jnp.where(at_xt, log_q, 0.0), axis=-1, keepdims=True)  # [B, 1]
+    log_not_xt = jax.nn.logsumexp(jnp.where(at_xt, -jnp.inf, log_q), axis=-1, keepdims=True)
+    lr = _col(log_rho(sigma, K))  # [B, 1]
+    log_gain = jnp.log(float(K)) - _col(log_expm1(sigma))  # log(1 / rho - 1)
+    terms = jnp.stack(
+        [jnp.broadcast_to(log_not_xt, log_q.shape), log_gain + log_q,
+         jnp.broadcast_to(lr + log_q_xt, log_q.shape)], axis=0,
+    )  # fmt: skip
+    return jnp.where(at_xt, 0.0, jax.nn.logsumexp(terms, axis=0))
+
+
 def score_entropy(
     log_score: jax.Array,
     x_t: jax.Array,

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from didiff_jax import diffusion as D
 from didiff_jax.models.conv import ConvFn, max_pool
 from didiff_jax.models.layers import (
     GroupNorm,
@@ -44,6 +45,14 @@ DEPTHS = {
     152: (3, 8, 36, 3),
 }
 STEMS = ("reference", "imagenet", "small")
+# How a DiDiRN block takes the (sigma, x_t) embedding: ``bias`` adds a per-channel bias before the
+# GroupNorm [ref]; ``scale_shift`` normalises first and then scales and shifts per channel (adaGN,
+# as in guided diffusion's ResBlock), so the conditioning survives any number of channels per group.
+COND_MODES = ("bias", "scale_shift")
+# What the DiDiRN head outputs: ``score`` [ref] the log concrete score itself; ``x0`` logits of the
+# clean label given (image, x_t, sigma), turned into the score in closed form
+# (``diffusion.log_score_from_x0_logits``), so the network is a conditioned classifier.
+PARAMETERIZATIONS = ("score", "x0")
 
 # timm/torchvision ResNet init: kaiming normal, fan_out, ReLU gain. [ref] DiDiRN keeps PyTorch's
 # default (uniform, fan_in) for every conv and linear layer.
@@ -66,9 +75,12 @@ class _Ctx:
         rngs: nnx.Rngs,
         norm_groups: int = 32,
         conv_form: str = "auto",
+        cond: str = "bias",
     ):
+        if cond not in COND_MODES:
+            raise ValueError(f"cond must be one of {COND_MODES}, got {cond!r}")
         self.dtype, self.conv_init, self.rngs = dtype, conv_init, rngs
-        self.norm_groups = norm_groups
+        self.norm_groups, self.cond = norm_groups, cond
         self.conv_fn = ConvFn(conv_form)
 
     def conv(self, cin: int, cout: int, k: int, stride: int = 1) -> nnx.Conv:
@@ -123,19 +135,34 @@ class Downsample(nnx.Module):
 
 
 class Conditioning(nnx.Module):
-    """The DiDiRN per-block conditioning: ``SiLU(GroupNorm(h + Linear(SiLU(emb))))``."""
+    """The DiDiRN per-block conditioning on ``emb`` [B, E].
+
+    ``bias`` [ref]: ``SiLU(GroupNorm(h + Linear(SiLU(emb))))``. With one channel per group (width
+    16: 16 and 32 channels in gcd(32, C) groups) the GroupNorm subtracts each channel's own mean, so
+    the bias, constant over the map, is removed exactly: the block no longer sees ``x_t`` or
+    ``sigma``.
+    ``scale_shift``: ``SiLU(GroupNorm(h) * (1 + gamma) + beta)`` with ``[gamma, beta] =
+    Linear(SiLU(emb))``, which no normalisation downstream can undo.
+    """
 
     def __init__(self, channels: int, emb_dim: int, ctx: _Ctx):
-        self.emb_proj = torch_linear(emb_dim, channels, rngs=ctx.rngs)
+        self.mode = ctx.cond
+        out = channels if self.mode == "bias" else 2 * channels
+        self.emb_proj = torch_linear(emb_dim, out, rngs=ctx.rngs)
         self.norm = GroupNorm(
             channels, num_groups=_num_groups(channels, ctx.norm_groups), epsilon=1e-5, rngs=ctx.rngs
         )
         self.dtype = ctx.dtype
 
     def __call__(self, h: jax.Array, emb: jax.Array) -> jax.Array:
-        bias = self.emb_proj(nnx.silu(emb))  # [B, C] float32
-        h = h.astype(jnp.float32) + bias[:, None, None, :]
-        return nnx.silu(self.norm(h)).astype(self.dtype)
+        proj = self.emb_proj(nnx.silu(emb))[:, None, None, :]  # [B, 1, 1, C or 2C] float32
+        h = h.astype(jnp.float32)
+        if self.mode == "bias":
+            h = self.norm(h + proj)
+        else:
+            gamma, beta = jnp.split(proj, 2, axis=-1)
+            h = self.norm(h) * (1.0 + gamma) + beta
+        return nnx.silu(h).astype(self.dtype)
 
 
 class BasicBlock(nnx.Module):
@@ -198,12 +225,13 @@ class _Backbone(nnx.Module):
         rngs: nnx.Rngs,
         norm_groups: int = 32,
         conv_form: str = "auto",
+        cond: str = "bias",
     ):
         if depth not in DEPTHS:
             raise ValueError(f"depth must be one of {sorted(DEPTHS)}, got {depth}")
         if width < 1:
             raise ValueError(f"width must be positive, got {width}")
-        ctx = _Ctx(dtype, conv_init, rngs, norm_groups, conv_form)
+        ctx = _Ctx(dtype, conv_init, rngs, norm_groups, conv_form, cond)
         block = BasicBlock if depth < 50 else Bottleneck
         self.dtype = dtype
         self.stem = Stem(stem, in_channels, width, ctx)
@@ -277,7 +305,8 @@ class DiDiRN(_Backbone):
     """Diffusion-aware ResNet: ``model(images, x_t, sigma, *, train) -> log_score [B, K]``.
 
     ``log_score_y`` estimates ``log p_t(y | img) - log p_t(x_t | img)``; the entry at ``x_t`` is set
-    to exactly 0 (score 1). ``model.logits(...)`` gives the raw output before that. The label
+    to exactly 0 (score 1). ``model.logits(...)`` gives the raw output before that (with
+    ``parameterization='x0'``: logits of the clean label, from which the score is computed). The label
     embedding is a one-hot matmul (shards cleanly with a batch-sharded ``x_t``), initialised N(0, 1).
     """
 
@@ -294,7 +323,13 @@ class DiDiRN(_Backbone):
         dtype: jnp.dtype = jnp.float32,
         norm_groups: int = 32,
         conv_form: str = "auto",
+        cond: str = "bias",
+        parameterization: str = "score",
     ):
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(
+                f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}"
+            )
         # GroupNorm groups of the conditioning: 32 [ref], or the channel count where a narrow network
         # has fewer. ``norm_groups=32 * width // 64`` keeps the reference's channels per group
         # instead (measured on Fashion-MNIST at width 16: 86.87% against 87.31%, see README).
@@ -310,8 +345,10 @@ class DiDiRN(_Backbone):
             rngs=rngs,
             norm_groups=norm_groups,
             conv_form=conv_form,
+            cond=cond,
         )
         self.num_classes = num_classes
+        self.parameterization = parameterization
         self.sigma_embed = SigmaEmbedding(emb_dim, rngs)
         self.label_embed = nnx.Param(jax.random.normal(rngs.params(), (num_classes, emb_dim)))
 
@@ -326,6 +363,8 @@ class DiDiRN(_Backbone):
 
     def __call__(self, images: jax.Array, x_t: jax.Array, sigma: jax.Array, *, train: bool):
         out = self.logits(images, x_t, sigma, train=train)
+        if self.parameterization == "x0":
+            return D.log_score_from_x0_logits(out, x_t, sigma)
         return jnp.where(jax.nn.one_hot(x_t, self.num_classes, dtype=bool), 0.0, out)
 
 
