@@ -7,7 +7,7 @@ Two parts, each for DiDiRN-18 at 28 px and K = 10 on the same random input:
   job's config (``configs/fashion_mnist_didirn.py``).
 * **cp8**: the CP evaluation, 8 Euler steps (``mode=min``), at the main job's evaluation batch
   (500). The official sampler is timed by ``benchmarks/official_cp_eval.py`` (which imports it
-  from the anchors' snapshot); didiff_jax's is ``evaluate.make_predict_fn``, what the main job runs.
+  from the anchors' snapshot); didiff_jax's is ``inference.make_predict_fn``, what the main job runs.
 
 didiff_jax runs two settings: ``width64`` (the official network's own width and 3-channel input,
 the like-for-like comparison) and ``main`` (the main job as configured: width 16, 1 channel; the
@@ -49,7 +49,7 @@ if str(ROOT / "benchmarks") not in sys.path:
 import throughput  # noqa: E402
 
 from configs import fashion_mnist_didirn  # noqa: E402
-from didiff_jax import distributed, evaluate, train  # noqa: E402
+from didiff_jax import distributed, inference, state  # noqa: E402
 from didiff_jax.data import pipeline  # noqa: E402
 
 SETTINGS = {  # name -> (width, input channels)
@@ -88,13 +88,15 @@ def project_train(setting: str, batch: int) -> Callable[[int], float]:
 
 
 def project_cp8(setting: str, batch: int) -> Callable[[int], float]:
-    """A timer of the main job's CP-8 evaluation (``evaluate.make_predict_fn``, euler, min)."""
+    """A timer of the main job's CP-8 evaluation (``inference.make_predict_fn``, euler, min)."""
     config = project_config(setting)
     info = data_info(config)
-    model = train.build_model(config, info, nnx.Rngs(0))
+    model = state.build_model(config, info, nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     entry = ml_collections.ConfigDict({"name": "cp", "method": "euler", "mode": "min"})
-    fn = evaluate.make_predict_fn(config, graphdef, entry, 8, info.num_classes)
+    fn = inference.jit_outputs(
+        inference.make_predict_fn(config, graphdef, entry, 8, info.num_classes), "probs", "traj"
+    )
     images = jax.random.normal(jax.random.key(1), (batch, *info.image_shape))  # [B, H, W, C]
     key = jax.random.key(2)
     compiled = fn.lower(params, rest, images, key).compile()

@@ -15,7 +15,7 @@ Three parts, each printing JSON lines and a markdown table:
 3. **Projection** (``--project``): FLOPs and bytes that XLA's cost analysis counts for the DiDiRN-50
    224 px bfloat16 train step (at the largest power-of-two batch whose compiled footprint fits the
    GPU's memory) and for the CP-8 chain, against the bf16 dense peak and HBM bandwidth of an H100
-   SXM or an H200 (``--gpu``).
+   SXM or an H200 (``--gpu``; the counts and the bound: ``didiff_jax.study.roofline``).
    This is a roofline BOUND, a projection, never a measurement: it says how fast the step could be if
    it ran at the GPU's peak arithmetic or memory rate, whichever binds.
 
@@ -38,8 +38,7 @@ import pathlib
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -52,79 +51,14 @@ if str(ROOT) not in sys.path:  # the configs package lives at the repository roo
 
 from didiff_jax import distributed, losses, optim, samplers, sharding, train  # noqa: E402
 from didiff_jax.data import pipeline  # noqa: E402
-
-GPUS = {
-    "h100": {
-        "name": "NVIDIA H100 SXM (80 GB HBM3)",
-        "peak_flops": 989e12,  # bf16 dense tensor-core peak, FLOP/s
-        "bandwidth": 3.35e12,  # HBM3, bytes/s
-        "memory": 80e9,  # bytes
-    },
-    "h200": {
-        "name": "NVIDIA H200 SXM (141 GB HBM3e)",
-        "peak_flops": 989e12,  # the same Hopper tensor cores as the H100 SXM
-        "bandwidth": 4.8e12,  # HBM3e, bytes/s
-        "memory": 141e9,  # bytes
-    },
-}
-"""The GPUs a projection can be made for (NVIDIA's data-sheet figures), by ``--gpu`` name."""
-
-
-# ------------------------------------------------------------------------------- XLA's counts
-
-
-def xla_cost(compiled) -> dict[str, float]:
-    """``{"flops", "bytes"}`` of a compiled computation from XLA's cost analysis.
-
-    XLA counts a ``while`` loop's body once, whatever its trip count (a ``lax.scan`` of S steps is
-    counted as one step); use ``chain_cost`` for a sampler chain.
-    """
-    ca = compiled.cost_analysis()
-    if isinstance(ca, list | tuple):  # older jax: one dict per computation
-        ca = ca[0]
-    return {"flops": float(ca.get("flops", 0.0)), "bytes": float(ca.get("bytes accessed", 0.0))}
-
-
-def chain_cost(lower_chain: Callable[[int], Any], num_steps: int) -> dict[str, float]:
-    """The cost of an ``num_steps``-step chain as ``num_steps`` x the cost of the 1-step chain.
-
-    ``lower_chain(S)`` returns the lowered (not compiled) S-step chain. XLA's cost analysis counts a
-    scan's body once, so the S-step chain itself would report about one step's work.
-    """
-    one = xla_cost(lower_chain(1).compile())
-    return {k: v * num_steps for k, v in one.items()}
-
-
-def footprint_bytes(compiled) -> int:
-    """XLA's compiled memory footprint: arguments + outputs + temporaries - donated aliases."""
-    m = compiled.memory_analysis()
-    return int(
-        m.argument_size_in_bytes
-        + m.output_size_in_bytes
-        + m.temp_size_in_bytes
-        - m.alias_size_in_bytes
-    )
-
-
-def roofline(flops: float, nbytes: float, *, peak_flops: float, bandwidth: float) -> dict:
-    """The roofline bound of a computation of ``flops`` FLOPs touching ``nbytes`` bytes.
-
-    ``compute_s = flops / peak``, ``memory_s = bytes / bandwidth``; the computation cannot take less
-    than ``bound_s = max(compute_s, memory_s)`` on that hardware. ``intensity`` (FLOP/byte) above
-    the ridge ``peak / bandwidth`` means compute-bound.
-    """
-    compute_s, memory_s = flops / peak_flops, nbytes / bandwidth
-    return {
-        "flops": flops,
-        "bytes": nbytes,
-        "intensity": flops / nbytes if nbytes else math.inf,
-        "ridge": peak_flops / bandwidth,
-        "compute_s": compute_s,
-        "memory_s": memory_s,
-        "bound_s": max(compute_s, memory_s),
-        "limited_by": "compute" if compute_s >= memory_s else "memory",
-    }
-
+from didiff_jax.study.io import write_block, write_json  # noqa: E402
+from didiff_jax.study.roofline import (  # noqa: E402
+    GPUS,
+    chain_cost,
+    footprint_bytes,
+    roofline,
+    xla_cost,
+)
 
 # ------------------------------------------------------------------------------- train step
 
@@ -492,31 +426,6 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def write_block(path: pathlib.Path, section: str, tag: str, body: str, intro: str = "") -> None:
-    """Put ``body`` between ``<!-- {section}:{tag}:begin -->`` and ``...:end -->`` in ``path``,
-    under the heading ``## {Section}`` (added at the end, with ``intro``, if missing). Only that
-    block changes; the rest of the file is kept byte for byte."""
-    begin, end = f"<!-- {section}:{tag}:begin -->", f"<!-- {section}:{tag}:end -->"
-    block = f"{begin}\n{body.rstrip()}\n{end}"
-    text = path.read_text() if path.exists() else "# Results\n"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        heading = f"## {section[0].upper()}{section[1:].replace('-', ' ')}"
-        if heading not in text:
-            text = text.rstrip() + f"\n\n{heading}\n\n" + (f"{intro.rstrip()}\n\n" if intro else "")
-        # insert at the end of this section (before the next "## " heading, if any)
-        start = text.index(heading) + len(heading)
-        nxt = text.find("\n## ", start)
-        if nxt == -1:
-            text = text.rstrip() + "\n\n" + block + "\n"
-        else:
-            text = text[:nxt].rstrip() + "\n\n" + block + "\n" + text[nxt:]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text if text.endswith("\n") else text + "\n")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -585,14 +494,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         write_json(pathlib.Path(args.json), run)
     render(run["rows"], [run], args.write_results, quick=args.quick)
-
-
-def write_json(path: pathlib.Path, obj: Any) -> None:
-    """Write ``obj`` to ``path`` atomically (a temporary file, then a rename): a file that exists
-    is complete. Both benchmarks write their JSON through it."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def render(rows: list[dict], runs: list[dict], results: str, *, quick: bool) -> None:

@@ -14,10 +14,10 @@ from configs import coco_captions_tdd, common
 
 def to_mdd(c):
     c.model.name = "caption_mdd"
-    c.objective = {"name": "mdd", "schedule": "linear", "feature_reuse": 4, "cond_drop_prob": 0.1}
+    c.objective = common.mdd_objective(feature_reuse=4)
     c.eval.samplers = [
-        {"name": "masked", "guidance_scale": 1.0, "steps": coco_captions_tdd.STEPS},
-        {"name": "masked", "guidance_scale": 2.0, "steps": (16,)},
+        common.masked_sampler(1.0, coco_captions_tdd.STEPS),
+        common.masked_sampler(2.0, (16,)),
     ]
     return c
 

@@ -43,29 +43,15 @@ def smoke(c):
     c.data.update(image_size=32, vocab_size=0, min_count=1, num_threads=1, seq_len=12)
     c.model.update(image_size=32, patch_size=8, width=32, encoder_depth=1, depth=1, num_heads=2,
                    seq_len=12, dtype="float32")  # fmt: skip
-    c.eval.samplers = [{**c.eval.samplers[0], "steps": (2,)}]
+    common.smoke_samplers(c, 1)
 
 
 def get_config(arg: str | None = None):
     c = common.base(
         model={"name": "caption_tdd", **MODEL},
-        objective={
-            "name": "tdd",
-            "schedule": "cosine",
-            "num_timesteps": 0,
-            "feature_reuse": 4,
-            "cond_drop_prob": 0.1,
-            "use_coefficient": True,
-            "lambda_hot": 1.0,
-        },  # fmt: skip
+        objective=common.onehot_objective("tdd", feature_reuse=4),
         data=data(),
-        optimizer={
-            "name": "adamw",
-            "lr": 1e-4,
-            "warmup_steps": 2000,
-            "weight_decay": 0.05,
-            "grad_clip": 3.0,
-        },  # fmt: skip
+        optimizer=common.adamw(lr=1e-4, warmup_steps=2000),
     )
     c.batch_size = 256
     c.num_epochs = 30.0  # over (image, caption) pairs: 591,753 per epoch
@@ -75,8 +61,5 @@ def get_config(arg: str | None = None):
     c.eval.batch_size = 250
     c.eval.num_samples = 32
     c.eval.num_trajectories = 4
-    c.eval.samplers = [
-        {"name": "onehot", "to_one": "argmax", "guidance_scale": 1.0, "steps": STEPS},
-        {"name": "onehot", "to_one": "argmax", "guidance_scale": 2.0, "steps": (16,)},
-    ]
+    c.eval.samplers = [common.onehot_sampler(1.0, STEPS), common.onehot_sampler(2.0, (16,))]
     return common.apply_variants(c, arg, {"smoke": smoke})

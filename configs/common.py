@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from didiff_jax.data import corruptions_c
+
 
 def base(model: dict, objective: dict, data: dict, optimizer: dict) -> ml_collections.ConfigDict:
     """The fields every run has, with the given model / objective / data / optimizer."""
@@ -45,6 +47,7 @@ def fashion_mnist_data(**overrides) -> dict:
         "image_size": 28,
         "train_ratio": 1.0,
         "ratio_seed": 0,
+        "holdout": 0,  # the last N training examples are never trained on (:uncertainty: 5000)
         "num_threads": 2,
         "augment": {
             "crop": "pad",
@@ -68,6 +71,36 @@ def lamb(lr: float, warmup_steps: int, weight_decay: float = 0.01) -> dict:
             "grad_clip": 1.0, "b1": 0.9, "b2": 0.999, "eps": 1e-6}  # fmt: skip
 
 
+def adamw(lr: float, warmup_steps: int, weight_decay: float = 0.05) -> dict:
+    """AdamW as the ADD recipe uses it (SPEC 2): decoupled weight decay, global grad-norm clip 3.0."""
+    return {"name": "adamw", "lr": lr, "warmup_steps": warmup_steps, "weight_decay": weight_decay,
+            "grad_clip": 3.0}  # fmt: skip
+
+
+def onehot_objective(name: str, feature_reuse: int, **extra) -> dict:
+    """ADD (``name="add"``, one label) or TDD (``"tdd"``, a token sequence): Gaussian diffusion of
+    one-hot vectors, cosine schedule in continuous time, condition dropout 0.1 for classifier-free
+    guidance, the abar coefficient on the cross-entropy; ``extra`` keys follow (ADD: ``loss``)."""
+    return {"name": name, "schedule": "cosine", "num_timesteps": 0, "feature_reuse": feature_reuse,
+            "cond_drop_prob": 0.1, "use_coefficient": True, "lambda_hot": 1.0, **extra}  # fmt: skip
+
+
+def mdd_objective(feature_reuse: int) -> dict:
+    """The masked-diffusion baseline of ADD/TDD: linear mask schedule, condition dropout 0.1."""
+    return {"name": "mdd", "schedule": "linear", "feature_reuse": feature_reuse,
+            "cond_drop_prob": 0.1}  # fmt: skip
+
+
+def onehot_sampler(guidance_scale: float, steps: tuple, to_one: str = "argmax") -> dict:
+    """An ``eval.samplers`` entry: the ADD/TDD one-hot chain at each number of ``steps``."""
+    return {"name": "onehot", "to_one": to_one, "guidance_scale": guidance_scale, "steps": steps}
+
+
+def masked_sampler(guidance_scale: float, steps: tuple) -> dict:
+    """An ``eval.samplers`` entry: MDD's ancestral unmasking at each number of ``steps``."""
+    return {"name": "masked", "guidance_scale": guidance_scale, "steps": steps}
+
+
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A few steps on a few examples: what the tests run for every config."""
     c.num_steps = 4
@@ -78,10 +111,24 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.eval.max_examples = 32
     c.eval.corruptions = ("gaussian_noise",)
     c.eval.severities = (3,)
+    if c.eval.get("uncertainty"):  # every corruption, severity and OOD set, on a few images
+        c.eval.uncertainty.update(max_examples=16, num_samples=2)
+        c.data.holdout = 32
     for s in c.eval.samplers:
         if "steps" in s:
             s["steps"] = (1, 2)
     return c
+
+
+def smoke_samplers(c: ml_collections.ConfigDict, n: int) -> None:
+    """Keep the first ``n`` of ``c.eval.samplers``, each at 2 steps where it takes steps: the
+    smoke variants that evaluate only what their network's code paths need."""
+    c.eval.samplers = [
+        {**s, **({"steps": (2,)} if "steps" in s else {})} for s in c.eval.samplers[:n]
+    ]
+
+
+IMAGENET_TRAIN = 1_281_167  # ImageNet-1k training images: epochs -> steps
 
 
 def imagenet_data(aug: str = "weak", **overrides) -> dict:
@@ -118,9 +165,7 @@ def imagenet_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The ImageNet configs' smoke variant: a tiny image folder (``data.root`` must be set, e.g.
     by the tests), 32 px, a narrow network."""
     smoke(c)
-    c.eval.samplers = [
-        {**c.eval.samplers[0], **({"steps": (2,)} if "steps" in c.eval.samplers[0] else {})}
-    ]
+    smoke_samplers(c, 1)
     c.data.name = "imagenet_folder"
     c.data.image_size = 32
     c.data.num_threads = 1
@@ -156,10 +201,31 @@ def no_augmentation(data: dict) -> dict:
     return data
 
 
+def uncertainty(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The uncertainty benchmark after the evaluation (``didiff_jax/uncertainty_eval.py``):
+    Fashion-MNIST-C (15 corruptions x 5 severities), OOD detection on synthetic sets, selective
+    prediction, calibration before and after a temperature fitted on 5,000 held-out training
+    images (not trained on), CARD's paired test from 8 draws; on the first 1,000 test images.
+    Needs the ``corruptions`` extra. Name the paired baseline's run in ``eval.baselines`` for mCE."""
+    c.data.holdout = 5000
+    c.eval.uncertainty = {
+        "max_examples": 1000,
+        "num_samples": 8,
+        "seed": 0,
+        "sampler": "",  # "": the run's default (the first of eval.samplers)
+        "corruptions": corruptions_c.CORRUPTIONS_C,
+        "severities": (1, 2, 3, 4, 5),
+        "ood": ("noise", "inverted", "flipped"),
+        "cache_dir": "",  # "": ~/.cache/didiff_jax/corruptions_c
+    }
+    return c
+
+
 def fashion_mnist_variants(**extra) -> dict:
     """The Fashion-MNIST configs' variants: ``smoke``, ``noise=S`` (Gaussian noise of severity S on
     train and test images), ``blur=S``, ``lowres=S`` (downsample-then-upsample), ``ratio=R``
-    (keep a fraction R of the training data per class), plus the config's own."""
+    (keep a fraction R of the training data per class), ``uncertainty`` (the uncertainty
+    benchmark), plus the config's own."""
 
     def corruption(kind):
         return lambda c, s: c.data.corruption.update(kind=kind, severity=int(s))
@@ -170,5 +236,6 @@ def fashion_mnist_variants(**extra) -> dict:
         "blur": corruption("gaussian_blur"),
         "lowres": corruption("downsample"),
         "ratio": lambda c, r: c.data.update(train_ratio=float(r)),
+        "uncertainty": uncertainty,
         **extra,
     }

@@ -46,30 +46,15 @@ def smoke(c):
     c.eval.num_trajectories = 2
     c.data.update(num_train=48, num_test=16)
     c.model.update(width=32, encoder_depth=1, depth=1, num_heads=2)
-    c.eval.samplers = [{**c.eval.samplers[0], "steps": (2,)},
-                       {**c.eval.samplers[1], "steps": (2,)}]  # fmt: skip
+    common.smoke_samplers(c, 2)
 
 
 def get_config(arg: str | None = None):
     c = common.base(
         model={"name": "caption_tdd", **MODEL},
-        objective={
-            "name": "tdd",
-            "schedule": "cosine",
-            "num_timesteps": 0,
-            "feature_reuse": 2,
-            "cond_drop_prob": 0.1,
-            "use_coefficient": True,
-            "lambda_hot": 1.0,
-        },  # fmt: skip
+        objective=common.onehot_objective("tdd", feature_reuse=2),
         data=data(),
-        optimizer={
-            "name": "adamw",
-            "lr": 1e-3,
-            "warmup_steps": 200,
-            "weight_decay": 0.05,
-            "grad_clip": 3.0,
-        },  # fmt: skip
+        optimizer=common.adamw(lr=1e-3, warmup_steps=200),
     )
     c.batch_size = 64
     c.num_steps = 3000
@@ -79,8 +64,5 @@ def get_config(arg: str | None = None):
     c.eval.batch_size = 250
     c.eval.num_samples = 16  # captions listed in samples/captions.json per run
     c.eval.num_trajectories = 4  # images whose reverse chain is written as text
-    c.eval.samplers = [
-        {"name": "onehot", "to_one": "argmax", "guidance_scale": 1.0, "steps": STEPS},
-        {"name": "onehot", "to_one": "argmax", "guidance_scale": 2.0, "steps": (8,)},
-    ]
+    c.eval.samplers = [common.onehot_sampler(1.0, STEPS), common.onehot_sampler(2.0, (8,))]
     return common.apply_variants(c, arg, {"smoke": smoke})

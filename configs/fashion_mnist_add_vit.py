@@ -18,40 +18,20 @@ VIT = {"image_size": 28, "patch_size": 4, "width": 96, "depth": 4, "num_heads": 
 def get_config(arg: str | None = None):
     c = common.base(
         model={"name": "add_vit_ti16", **VIT, "cond_depth": 1, "head_width": 256, "head_depth": 2},
-        objective={
-            "name": "add",
-            "schedule": "cosine",
-            "num_timesteps": 0,
-            "feature_reuse": 4,
-            "cond_drop_prob": 0.1,
-            "use_coefficient": True,
-            "lambda_hot": 1.0,
-            "loss": "cross_entropy",
-        },  # fmt: skip
+        objective=common.onehot_objective("add", feature_reuse=4, loss="cross_entropy"),
         data=common.fashion_mnist_data(),
-        optimizer={
-            "name": "adamw",
-            "lr": 1e-3,
-            "warmup_steps": 200,
-            "weight_decay": 0.05,
-            "grad_clip": 3.0,
-        },  # fmt: skip
+        optimizer=common.adamw(lr=1e-3, warmup_steps=200),
     )
     c.num_epochs = 2.0
     c.ema_decay = 0.999
     c.eval.samplers = [
-        {"name": "onehot", "to_one": "argmax", "guidance_scale": 1.0, "steps": (1, 2, 5, 10, 20)},
-        {"name": "onehot", "to_one": "softmax", "guidance_scale": 1.0, "steps": (10,)},
-        {"name": "onehot", "to_one": "argmax", "guidance_scale": 2.0, "steps": (10,)},
+        common.onehot_sampler(1.0, (1, 2, 5, 10, 20)),
+        common.onehot_sampler(1.0, (10,), to_one="softmax"),
+        common.onehot_sampler(2.0, (10,)),
     ]
 
     def mdd(c):
-        c.objective = {
-            "name": "mdd",
-            "schedule": "linear",
-            "feature_reuse": 4,
-            "cond_drop_prob": 0.1,
-        }
+        c.objective = common.mdd_objective(feature_reuse=4)
         c.eval.samplers = [{"name": "masked", "steps": (1, 2, 5, 10)}]
 
     return common.apply_variants(c, arg, common.fashion_mnist_variants(

@@ -2,6 +2,8 @@
 width, data, optimizer and budget, cross-entropy.
 
     python -m didiff_jax.main --config configs/fashion_mnist_resnet.py --workdir runs/fmnist_resnet
+
+Expected: 92.12% top-1 after 7 epochs (README: results, measured on a shared 2-core AMD EPYC).
 """
 
 from __future__ import annotations

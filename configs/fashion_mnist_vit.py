@@ -15,13 +15,7 @@ def get_config(arg: str | None = None):
         model={"name": "vit_ti16", **VIT},
         objective={"name": "classifier"},
         data=common.fashion_mnist_data(),
-        optimizer={
-            "name": "adamw",
-            "lr": 1e-3,
-            "warmup_steps": 200,
-            "weight_decay": 0.05,
-            "grad_clip": 3.0,
-        },  # fmt: skip
+        optimizer=common.adamw(lr=1e-3, warmup_steps=200),
     )
     c.num_epochs = 2.0
     c.ema_decay = 0.999

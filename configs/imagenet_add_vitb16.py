@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from configs import common
 
-IMAGENET_TRAIN = 1_281_167
-
 
 def get_config(arg: str | None = None):
     data = common.imagenet_data("weak")
@@ -21,24 +19,11 @@ def get_config(arg: str | None = None):
                            label_smoothing=0.1)  # fmt: skip
     c = common.base(
         model={"name": "add_vit_b16", "dtype": "bfloat16"},
-        objective={
-            "name": "add",
-            "schedule": "cosine",
-            "num_timesteps": 0,
-            "feature_reuse": 4,
-            "cond_drop_prob": 0.1,
-            "use_coefficient": True,
-            "lambda_hot": 1.0,
-            "loss": "cross_entropy",
-        },  # fmt: skip
+        objective=common.onehot_objective("add", feature_reuse=4, loss="cross_entropy"),
         data=data,
-        optimizer={
-            "name": "adamw",
-            "lr": 1e-4,
-            "warmup_steps": 20 * IMAGENET_TRAIN // 4096,
-            "weight_decay": 0.3,
-            "grad_clip": 3.0,
-        },  # fmt: skip
+        optimizer=common.adamw(
+            lr=1e-4, warmup_steps=20 * common.IMAGENET_TRAIN // 4096, weight_decay=0.3
+        ),
     )
     c.batch_size = 4096
     c.num_epochs = 500.0

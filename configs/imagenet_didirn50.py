@@ -17,8 +17,6 @@ import math
 
 from configs import common
 
-IMAGENET_TRAIN = 1_281_167
-
 
 def get_config(arg: str | None = None):
     c = common.base(
@@ -31,7 +29,7 @@ def get_config(arg: str | None = None):
         },  # fmt: skip
         objective={"name": "didicm", "schedule": "loglinear", "eps": 1e-3, "log_score_clip": 0.0},
         data=common.imagenet_data("weak"),
-        optimizer=common.lamb(lr=2e-3, warmup_steps=5 * IMAGENET_TRAIN // 1024),
+        optimizer=common.lamb(lr=2e-3, warmup_steps=5 * common.IMAGENET_TRAIN // 1024),
     )
     c.batch_size = 1024
     c.num_epochs = 600.0
@@ -49,7 +47,7 @@ def get_config(arg: str | None = None):
                                       data_dir=c.data.data_dir)  # fmt: skip
         c.batch_size = 2048
         c.optimizer.lr = 3.5e-3
-        c.optimizer.warmup_steps = 5 * IMAGENET_TRAIN // 2048
+        c.optimizer.warmup_steps = 5 * common.IMAGENET_TRAIN // 2048
 
     def ratio(c, r):
         c.data.train_ratio = float(r)

@@ -7,7 +7,12 @@ Public entry points:
 * ``didiff_jax.samplers``: ``cp_sample``, ``cl_sample``, ``onehot_sample``, ``masked_sample``.
 
 ``import didiff_jax`` stays cheap: ``load`` and ``Trained`` import the API (and JAX, Flax, orbax)
-on first use.
+on first use (PEP 562; the only function-local import of a project module).
+
+The modules are layered (``[tool.importlinter]`` in ``pyproject.toml``, checked in CI): the maths,
+networks and data at the bottom; samplers, objectives, optimizer, sharding and checkpoints; the run
+state and the one inference module; the training loop and the evaluators; ``api``; the command
+lines at the top. A module imports only from the layers below it.
 """
 
 from __future__ import annotations

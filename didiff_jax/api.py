@@ -32,16 +32,15 @@ already)::
 
 ``load`` rebuilds the model from the run's ``config.json`` (or a config you pass, e.g. with
 overrides) and restores the checkpoint onto the local devices; nothing of the training loop runs.
-``python -m didiff_jax.main --mode predict`` goes through :meth:`Trained.predict`, so the two agree.
+``python -m didiff_jax.main --mode predict`` goes through :meth:`Trained.predict` (captions:
+:meth:`Trained.caption`), so the two agree.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
-import pathlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -50,13 +49,13 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from didiff_jax import checkpoint, checks, evaluate, samplers, sharding
-from didiff_jax.data import pipeline
-from didiff_jax.losses import ctmc_schedule, gaussian_schedule, mask_schedule, onehot_sampling
-from didiff_jax.train import host_params
+from didiff_jax import checkpoint, checks, inference, sharding, state
+from didiff_jax.data import captions, pipeline
+from didiff_jax.data.augment import read_image
+from didiff_jax.losses import ctmc_schedule, gaussian_schedule, mask_schedule
 
-# The samplers each objective's network can drive ("classifier": the baselines' softmax).
-SAMPLERS = checks.SAMPLERS
+SAMPLERS = inference.SAMPLERS
+"""The samplers each objective's network can drive ("classifier": the baselines' softmax)."""
 
 
 # ------------------------------------------------------------------------ networks as functions
@@ -129,36 +128,7 @@ def _as_config(config: ml_collections.ConfigDict | str) -> ml_collections.Config
     """A ConfigDict, or the config file ``path.py[:variant]`` it names."""
     if isinstance(config, ml_collections.ConfigDict):
         return copy.deepcopy(config)
-    path, _, arg = str(config).partition(":")
-    if not pathlib.Path(path).is_file():
-        raise checks.MissingInputError(f"config file {path} not found (expected configs/<name>.py)")
-    spec = importlib.util.spec_from_file_location("_didiff_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg or None)
-
-
-def check_run_dir(workdir: str, step: int | None = None) -> None:
-    """Fail early, saying what a run directory holds, for a missing or foreign ``workdir``."""
-    if "://" in workdir:  # remote (gs://): orbax reports what is missing
-        return
-    root = pathlib.Path(workdir)
-    expected = (f"expected a run directory written by `python -m didiff_jax.main --workdir "
-                f"{workdir}`: {checkpoint.CONFIG_FILE} and checkpoints/<step>/")  # fmt: skip
-    if not root.is_dir():
-        raise checks.MissingInputError(f"{workdir} does not exist; {expected}")
-    if not (root / checkpoint.CONFIG_FILE).is_file():
-        found = sorted(p.name for p in root.iterdir())[:8]
-        raise checks.MissingInputError(f"{workdir} is not a didiff_jax run (no {checkpoint.CONFIG_FILE}; "
-                                f"found {found}); {expected}")  # fmt: skip
-    steps = sorted(int(p.name) for p in (root / "checkpoints").glob("*") if p.name.isdigit())
-    if not steps:
-        raise checks.MissingInputError(f"{workdir} has {checkpoint.CONFIG_FILE} but no checkpoint: "
-                                f"{expected} (has the run saved its first checkpoint yet?)")  # fmt: skip
-    if step is not None and step not in steps:
-        raise checks.MissingInputError(
-            f"{workdir} has no checkpoint of step {step}; saved steps: {steps}"
-        )
+    return checkpoint.load_config_file(str(config))
 
 
 def _read_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -208,11 +178,11 @@ def load(workdir: str | os.PathLike, *, step: int | None = None, use_ema: bool =
         names both configs and lists the differing parameters.
     """
     workdir = os.fspath(workdir)
-    check_run_dir(workdir, step)
+    checkpoint.check_run_dir(workdir, step)
     saved = _read_run_config(workdir)
     config = _local_mesh(_as_config(config) if config is not None else copy.deepcopy(saved))
     try:
-        graphdef, state, info, mesh = evaluate.restore_for_eval(config, workdir, step=step)
+        graphdef, train_state, info, mesh = state.restore_for_eval(config, workdir, step=step)
     except checkpoint.CheckpointMismatch as e:
         if config.model.to_dict() != saved.model.to_dict():
             head = (f"cannot load {workdir} with the given config ({_summary(config)}): the run "
@@ -222,9 +192,9 @@ def load(workdir: str | os.PathLike, *, step: int | None = None, use_ema: bool =
                     f"{workdir}/config.json ({_summary(saved)}): was it copied from another run, "
                     "or written by another version of didiff_jax?")  # fmt: skip
         raise checkpoint.CheckpointMismatch(f"{head}\n{e}") from None
-    params, rest = host_params(state, use_ema)
+    params, rest = state.host_params(train_state, use_ema)
     return Trained(config, graphdef, params, rest, info, mesh, workdir=workdir,
-                   step=int(state["step"]), used_ema=use_ema and bool(state["ema"]))  # fmt: skip
+                   step=int(train_state["step"]), used_ema=use_ema and bool(train_state["ema"]))  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------ Trained
@@ -366,7 +336,9 @@ class Trained:
                              f"{self.objective!r} run; use one of {allowed}")  # fmt: skip
         return entry
 
-    def _default_steps(self, entry: ml_collections.ConfigDict) -> int | None:
+    def default_steps(self, entry: ml_collections.ConfigDict) -> int | None:
+        """The steps ``predict`` takes with ``entry`` by default: its largest ``steps``, else the
+        largest of the first configured sampler (8 if none); None for the classifier."""
         if entry.name == "classifier":
             return None
         if entry.get("steps"):
@@ -374,18 +346,48 @@ class Trained:
         first = self.config.eval.samplers[0] if self.config.eval.samplers else {}
         return int(max(first.get("steps", (8,))))
 
-    def _predict_fn(self, entry: ml_collections.ConfigDict, num_steps: int | None) -> Callable:
-        """``fn(params, rest, images, key) -> (probs, per-step probs)``, jitted once per entry."""
-        cache_key = (json.dumps(entry.to_dict(), sort_keys=True, default=str), num_steps)
+    def _predict_fn(self, entry: ml_collections.ConfigDict, num_steps: int | None,
+                    outputs: tuple[str, ...]) -> Callable:  # fmt: skip
+        """``fn(params, rest, images, key) -> outputs`` (names of ``inference.make_predict_fn``'s
+        outputs), jitted once per entry, steps and outputs."""
+        cache_key = (json.dumps(entry.to_dict(), sort_keys=True, default=str), num_steps, outputs)
         if cache_key not in self._fns:
-            if self.seq_len is None:
-                fn = evaluate.make_predict_fn(self.config, self._graphdef, entry, num_steps,
-                                              self.num_classes)  # fmt: skip
-            else:
-                fn = _caption_predict_fn(self.config, self._graphdef, entry, num_steps,
-                                         self.num_classes, self.seq_len)  # fmt: skip
-            self._fns[cache_key] = fn
+            fn = inference.make_predict_fn(self.config, self._graphdef, entry, num_steps,
+                                           self.num_classes, seq_len=self.seq_len)  # fmt: skip
+            self._fns[cache_key] = inference.jit_outputs(fn, *outputs)
         return self._fns[cache_key]
+
+    def _run(self, images: Any, outputs: tuple[str, ...], *, sampler: str | Mapping | None,
+             num_steps: int | None, key: jax.Array | int | None, batch_size: int | None,
+             ) -> list[np.ndarray]:  # fmt: skip
+        """The ``outputs`` for ``images``, sampled chunk by chunk (see :meth:`predict`), as
+        numpy arrays with the batch on axis 0 (``traj``: axis 1)."""
+        for name, value in (("num_steps", num_steps), ("batch_size", batch_size)):
+            if value is not None and (not isinstance(value, int | np.integer) or value < 1):
+                raise ValueError(f"{name}={value!r}: expected an integer >= 1 (or None)")
+        x = self.preprocess(images)  # [B, H, W, C]
+        entry = self.sampler_entry(sampler)
+        steps = self.default_steps(entry) if num_steps is None else int(num_steps)
+        fn = self._predict_fn(entry, steps, outputs)
+        if key is None or isinstance(key, int | np.integer):
+            key = jax.random.key(0 if key is None else int(key))
+        ndev = self.mesh.size
+        chunk = int(batch_size or self.config.eval.get("batch_size", self.config.batch_size))
+        chunk = -(-min(chunk, len(x)) // ndev) * ndev
+        batch_sharding = sharding.batch_sharding(self.mesh)
+        parts: list[list[np.ndarray]] = [[] for _ in outputs]
+        for c, start in enumerate(range(0, len(x), chunk)):
+            part = x[start : start + chunk]
+            n = len(part)
+            padded = np.zeros((-(-n // ndev) * ndev,) + part.shape[1:], np.float32)
+            padded[:n] = part
+            out = fn(self._params, self._rest, jax.device_put(padded, batch_sharding),
+                     jax.random.fold_in(key, c))  # fmt: skip
+            out = out if len(outputs) > 1 else (out,)
+            for name, acc, value in zip(outputs, parts, out, strict=True):
+                acc.append(np.asarray(value)[:, :n] if name == "traj" else np.asarray(value)[:n])
+        return [np.concatenate(acc, axis=1 if name == "traj" else 0)
+                for name, acc in zip(outputs, parts, strict=True)]  # fmt: skip
 
     def predict(self, images: Any, *, sampler: str | Mapping | None = None,
                 num_steps: int | None = None, key: jax.Array | int | None = None,
@@ -408,31 +410,24 @@ class Trained:
           probs [B, K] (captions: [B, N, V]) as numpy; with ``return_trajectory`` also the
           per-step probabilities [S, B, K] (MDD: the one-hot label decoded so far, 0 while masked).
         """
-        for name, value in (("num_steps", num_steps), ("batch_size", batch_size)):
-            if value is not None and (not isinstance(value, int | np.integer) or value < 1):
-                raise ValueError(f"{name}={value!r}: expected an integer >= 1 (or None)")
-        x = self.preprocess(images)  # [B, H, W, C]
-        entry = self.sampler_entry(sampler)
-        steps = self._default_steps(entry) if num_steps is None else int(num_steps)
-        fn = self._predict_fn(entry, steps)
-        if key is None or isinstance(key, int | np.integer):
-            key = jax.random.key(0 if key is None else int(key))
-        ndev = self.mesh.size
-        chunk = int(batch_size or self.config.eval.get("batch_size", self.config.batch_size))
-        chunk = -(-min(chunk, len(x)) // ndev) * ndev
-        batch_sharding = sharding.batch_sharding(self.mesh)
-        probs, trajs = [], []
-        for c, start in enumerate(range(0, len(x), chunk)):
-            part = x[start : start + chunk]
-            n = len(part)
-            padded = np.zeros((-(-n // ndev) * ndev,) + part.shape[1:], np.float32)
-            padded[:n] = part
-            p, traj = fn(self._params, self._rest, jax.device_put(padded, batch_sharding),
-                         jax.random.fold_in(key, c))  # fmt: skip
-            probs.append(np.asarray(p)[:n])
-            trajs.append(np.asarray(traj)[:, :n])
-        probs = np.concatenate(probs)
-        return (probs, np.concatenate(trajs, axis=1)) if return_trajectory else probs
+        outputs = ("probs", "traj") if return_trajectory else ("probs",)
+        out = self._run(images, outputs, sampler=sampler, num_steps=num_steps, key=key,
+                        batch_size=batch_size)  # fmt: skip
+        return tuple(out) if return_trajectory else out[0]
+
+    def caption(self, images: Any, *, sampler: str | Mapping | None = None,
+                num_steps: int | None = None, key: jax.Array | int | None = None,
+                batch_size: int | None = None) -> list[str]:  # fmt: skip
+        """A sampled caption per image of a caption run: the sampler's tokens (TDD: the argmax of
+        the last step; MDD: the tokens drawn as they were revealed), decoded. Arguments as
+        :meth:`predict`."""
+        if self.seq_len is None:
+            raise ValueError(f"{self.workdir} is a classification run; caption() needs a caption "
+                             "run (use predict())")  # fmt: skip
+        (tokens,) = self._run(images, ("answer",), sampler=sampler, num_steps=num_steps, key=key,
+                              batch_size=batch_size)  # fmt: skip
+        tokenizer = captions.tokenizer_for(self.config.data)
+        return [tokenizer.decode(t) for t in tokens]
 
 
 def _check_finite(items: list[np.ndarray]) -> None:
@@ -465,46 +460,6 @@ def _convert_channels_float(image: np.ndarray, channels: int) -> np.ndarray:
         return np.repeat(image, 3, axis=-1)
     luma = np.asarray([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as PIL's "L"
     return (image @ luma)[..., None]
-
-
-def _caption_predict_fn(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
-                        entry: ml_collections.ConfigDict, num_steps: int, V: int, N: int):  # fmt: skip
-    """Per-token probabilities of a caption run: ``fn(params, rest, images, key) -> (probs
-    [B, N, V], per-step probs [S, B, N, V])`` (MDD: the one-hot tokens revealed so far), jitted."""
-    g = entry.get("guidance_scale", 1.0)
-
-    def fn(params, rest, images, key):
-        model = nnx.merge(graphdef, params, rest)
-        cond = model.encode(images, train=False)  # [B, L, W], once per image
-        guide = dict(guidance_scale=g, guidance_schedule=entry.get("guidance_schedule", None),
-                     null_cond=model.null_condition(cond.shape[0]) if g != 1.0 else None)  # fmt: skip
-        if entry.name == "onehot":
-            return samplers.onehot_sample(
-                lambda y, t, c: model.denoise(y, t, c, train=False), cond, key, num_classes=V,
-                num_steps=num_steps, seq_len=N, to_one=entry.get("to_one", "argmax"),
-                return_trajectory=True, **onehot_sampling(config.objective), **guide,
-            )  # fmt: skip
-        _, probs, traj = samplers.masked_sample(
-            lambda x, t, c: model.denoise(x, t, c, train=False), cond, key, num_classes=V,
-            num_steps=num_steps, schedule=mask_schedule(config.objective), seq_len=N,
-            return_trajectory=True, **guide,
-        )  # fmt: skip
-        return probs, jax.nn.one_hot(traj, V)  # the mask id V: an all-zero row
-
-    return jax.jit(fn)
-
-
-def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
-    """An image file as uint8 [H, W, channels] (1: PIL's grey "L", 3: "RGB"); ValueError naming
-    the file if it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            image = np.asarray(im.convert("L" if channels == 1 else "RGB"))
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
-        raise ValueError(f"{path}: not a readable image ({e})") from None
-    return image[..., None] if image.ndim == 2 else image
 
 
 __all__ = ["NetworkFn", "Trained", "bind", "load", "read_image"]

@@ -1,5 +1,6 @@
 """Caption evaluation: TDD and MDD samplers at each configured number of steps, text metrics,
-decoded-text trajectories and samples (``evaluate.evaluate`` hands caption runs to this module).
+decoded-text trajectories and samples. The batch loop, restore and results writer are the
+classification evaluator's (``evaluate``); the predictors come from ``inference``.
 
 For every sampler entry of ``config.eval.samplers`` and each of its ``steps``:
 
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pathlib
 import shutil
 import time
 from typing import Any
@@ -42,67 +42,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
-from jax.experimental import multihost_utils
 
-from didiff_jax import caption_metrics, checkpoint, samplers, sharding
-from didiff_jax.data import augment, captions, pipeline
-from didiff_jax.losses import mask_schedule, onehot_sampling
+from didiff_jax import caption_metrics, inference, state
+from didiff_jax.data import captions, pipeline
+from didiff_jax.evaluate import eval_batches, gather, restored, write_results
 
 log = logging.getLogger("didiff_jax")
-
-
-def sampler_label(entry: ml_collections.ConfigDict) -> str:
-    """``tdd-argmax``, ``tdd-argmax-g2``, ``mdd``, ``mdd-g2``, ..."""
-    g = entry.get("guidance_scale", 1.0)
-    suffix = f"-g{g:g}" if g != 1.0 else ""
-    if entry.name == "onehot":
-        return f"tdd-{entry.get('to_one', 'argmax')}{suffix}"
-    if entry.name == "masked":
-        return f"mdd{suffix}"
-    raise ValueError(f"caption samplers are 'onehot' (TDD) or 'masked' (MDD), got {entry.name!r}")
-
-
-def make_sample_fn(config: ml_collections.ConfigDict, graphdef, entry: ml_collections.ConfigDict,
-                   num_steps: int, num_classes: int, seq_len: int, *, trajectory: bool = False):  # fmt: skip
-    """``fn(params, rest, images, key) -> tokens`` int [B, N] (with ``trajectory``: also the
-    decoded tokens after every step [S, B, N], MDD masks = V). Not jitted."""
-    g = entry.get("guidance_scale", 1.0)
-    guidance_schedule = entry.get("guidance_schedule", None)
-    name = entry.name
-    sampler_label(entry)  # validates the name
-
-    def fn(params, rest, images, key):
-        model = nnx.merge(graphdef, params, rest)
-        cond = model.encode(images, train=False)  # [B, L, W], once per image
-        guide = dict(guidance_scale=g, guidance_schedule=guidance_schedule,
-                     null_cond=model.null_condition(cond.shape[0]) if g != 1.0 else None)  # fmt: skip
-
-        def logits_fn(x, t, c):
-            return model.denoise(x, t, c, train=False)  # [B, N, V]
-
-        if name == "onehot":
-            out = samplers.onehot_sample(
-                logits_fn, cond, key, num_classes=num_classes, num_steps=num_steps,
-                to_one=entry.get("to_one", "argmax"), seq_len=seq_len,
-                return_trajectory=trajectory, **onehot_sampling(config.objective), **guide,
-            )  # fmt: skip
-            if trajectory:
-                probs, traj = out
-                return jnp.argmax(probs, -1), jnp.argmax(traj, -1)  # [B, N], [S, B, N]
-            return jnp.argmax(out, -1)
-        out = samplers.masked_sample(
-            logits_fn, cond, key, num_classes=num_classes, num_steps=num_steps,
-            schedule=mask_schedule(config.objective), seq_len=seq_len,
-            return_trajectory=trajectory, **guide,
-        )  # fmt: skip
-        return (out[0], out[2]) if trajectory else out[0]
-
-    return fn
-
-
-def _gather(x: jax.Array) -> np.ndarray:
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def score(tokenizer: captions.Tokenizer, tokens: np.ndarray, references: list[list[str]],
@@ -147,27 +92,20 @@ def evaluate(
 ) -> list[dict]:
     """Sample captions for the test images with every configured sampler and number of steps;
     write ``eval_results.json`` and ``samples/``; return the records."""
-    from didiff_jax.evaluate import restore_for_eval, sampler_runs  # evaluate imports this module
-    from didiff_jax.train import host_params
-
     if config.eval.get("corruptions"):
         raise ValueError("caption evaluation runs on clean images only: set eval.corruptions=()")
     N = int(config.data.seq_len)
     if int(config.model.get("seq_len", N)) != N:
         raise ValueError(f"model.seq_len ({config.model.seq_len}) must equal data.seq_len ({N})")
-    if run is None:
-        graphdef, state, info, mesh = restore_for_eval(config, workdir)
-    else:
-        graphdef, state, info, mesh = run["graphdef"], run["state"], run["info"], run["mesh"]
-    params, rest = host_params(state, config.eval.get("use_ema", True))
+    graphdef, train_state, info, mesh = restored(config, workdir, run)
+    params, rest = state.host_params(train_state, config.eval.get("use_ema", True))
     tokenizer = captions.tokenizer_for(config.data)
     V = info.num_classes
     source = pipeline.load_source(config.data, "test")
-    batch_sharding = sharding.batch_sharding(mesh)
-    data = pipeline.eval_dataset(config.data, info, split="test", source=source,
-                                 global_batch_size=config.eval.get("batch_size", config.batch_size),
-                                 max_examples=config.eval.get("max_examples", 0) or None)  # fmt: skip
-    runs = [(sampler_label(e), s, e) for e, s in sampler_runs(config)]
+    runs = [(inference.sampler_label(e, captions=True), s, e)
+            for e, s in inference.sampler_runs(config)]  # fmt: skip
+    predictors = {(label, s): inference.make_predict_fn(config, graphdef, e, s, V, seq_len=N)
+                  for label, s, e in runs}  # fmt: skip
     num_traj = int(config.eval.get("num_trajectories", 4))
     key = jax.random.key(config.seed + 2)
     compiled: dict[tuple, Any] = {}
@@ -176,30 +114,27 @@ def evaluate(
     tokens = {(label, s): [] for label, s, _ in runs}
     trajectories: dict[tuple, np.ndarray] = {}
     indices = []
-    for i, local in enumerate(data):
-        batch = pipeline.to_global(local, batch_sharding)
-        mask = _gather(batch["mask"])
+    batches = eval_batches(config, info, mesh, source, what="caption eval")
+    for i, batch, mask in batches:
         num_traj = min(num_traj, int(mask.sum())) if i == 0 else num_traj  # padding comes last
-        indices.append(_gather(batch["index"])[mask])
+        indices.append(gather(batch["index"])[mask])
         batch_key = jax.random.fold_in(key, i)
         for label, steps, entry in runs:
             k = (label, steps)
             args = (params, rest, batch["image"], batch_key)
             if k not in compiled:
                 t0 = time.time()
-                fn = make_sample_fn(config, graphdef, entry, steps, V, N)
-                compiled[k] = jax.jit(fn).lower(*args).compile()
+                compiled[k] = inference.jit_outputs(predictors[k], "answer").lower(*args).compile()
                 compile_s[k] = time.time() - t0
             t0 = time.time()
-            out = _gather(compiled[k](*args))
+            out = gather(compiled[k](*args))  # [B, N]
             sample_s[k] += time.time() - t0
             tokens[k].append(out[mask])
             if i == 0 and num_traj and entry is runs[0][2]:  # the first sampler entry's runs
-                traj_fn = jax.jit(make_sample_fn(config, graphdef, entry, steps, V, N,
-                                                 trajectory=True))  # fmt: skip
-                images = _gather(batch["image"])[:num_traj]
-                _, traj = traj_fn(params, rest, jnp.asarray(images), batch_key)
-                trajectories[k] = np.asarray(traj)  # [S, num_traj, N]
+                traj_fn = inference.jit_outputs(predictors[k], "traj")
+                images = gather(batch["image"])[:num_traj]
+                traj = traj_fn(params, rest, jnp.asarray(images), batch_key)
+                trajectories[k] = np.asarray(inference.decoded_tokens(traj, V))  # [S, n, N]
     index = np.concatenate(indices)
     references = [source.references(int(j)) for j in index]
     targets = [source.targets(int(j)) for j in index]
@@ -227,11 +162,7 @@ def evaluate(
 
 def _write(config, workdir: str, records: list[dict], base: dict, tokenizer, source, index,
            tokens: dict, trajectories: dict, V: int) -> None:  # fmt: skip
-    out = checkpoint.workdir_path(workdir)  # gs:// too
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval_results.json").write_text(
-        json.dumps({"records": records, "baselines": base}, indent=1)
-    )
+    out = write_results(workdir, {"records": records, "baselines": base})
     samples = out / "samples"
     samples.mkdir(exist_ok=True)
     num = int(config.eval.get("num_samples", 16))
@@ -256,33 +187,3 @@ def _write(config, workdir: str, records: list[dict], base: dict, tokenizer, sou
                 lines.append(f"  step {s + 1:>2}/{traj.shape[0]}: {text}")
             lines.append("")
         (samples / f"trajectory_{label}_{steps}.txt").write_text("\n".join(lines))
-
-
-def predict(config: ml_collections.ConfigDict, workdir: str, paths: list[str]) -> list[dict]:
-    """A caption for each image file, sampled with the first configured sampler at its largest
-    number of steps; unreadable files are reported (``{"path", "error"}``) and the rest answered."""
-    from didiff_jax.evaluate import restore_for_eval
-    from didiff_jax.train import host_params
-
-    graphdef, state, info, _ = restore_for_eval(config, workdir)
-    params, rest = host_params(state, config.eval.get("use_ema", True))
-    tokenizer = captions.tokenizer_for(config.data)
-    entry = ml_collections.ConfigDict(config.eval.samplers[0])
-    fn = jax.jit(make_sample_fn(config, graphdef, entry, max(entry.steps), info.num_classes,
-                                int(config.data.seq_len)))  # fmt: skip
-    mean, std = np.asarray(info.mean, np.float32), np.asarray(info.std, np.float32)
-    results = []
-    for i, path in enumerate(paths):
-        try:
-            image = captions.read_image(pathlib.Path(path), info.image_shape[2])
-        except ValueError as e:
-            print(f"error: {e}", flush=True)
-            results.append({"path": path, "error": str(e)})
-            continue
-        image = augment.resize(image, info.image_shape[:2]).astype(np.float32) / 255.0
-        tokens = fn(params, rest, jnp.asarray((image - mean) / std)[None],
-                    jax.random.fold_in(jax.random.key(0), i))  # fmt: skip
-        caption = tokenizer.decode(np.asarray(tokens)[0])
-        results.append({"path": path, "caption": caption})
-        print(f"{path}: {caption}", flush=True)
-    return results

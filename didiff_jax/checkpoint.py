@@ -23,9 +23,11 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import importlib.util
 import json
 import logging
 import os
+import pathlib
 import socket
 from collections.abc import Iterator
 
@@ -326,6 +328,46 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
         path = workdir_path(workdir) / CONFIG_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """The config of a config file, ``path.py[:variant]`` (``get_config(variant or None)``).
+
+    A missing file raises :class:`~didiff_jax.checks.MissingInputError`; what ``get_config``
+    raises (a ``ValueError`` or ``KeyError`` for an unknown variant) propagates."""
+    path, _, arg = str(spec).partition(":")
+    if not pathlib.Path(path).is_file():
+        raise checks.MissingInputError(
+            f"no such config file {path!r} (expected configs/<name>.py[:variant])"
+        )
+    module_spec = importlib.util.spec_from_file_location("_didiff_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
+def check_run_dir(workdir: str, step: int | None = None) -> None:
+    """Fail early, saying what a run directory holds, for a missing or foreign ``workdir``
+    (:class:`~didiff_jax.checks.MissingInputError`)."""
+    if "://" in workdir:  # remote (gs://): orbax reports what is missing
+        return
+    root = pathlib.Path(workdir)
+    expected = (f"expected a run directory written by `python -m didiff_jax.main --workdir "
+                f"{workdir}`: {CONFIG_FILE} and checkpoints/<step>/")  # fmt: skip
+    if not root.is_dir():
+        raise checks.MissingInputError(f"{workdir} does not exist; {expected}")
+    if not (root / CONFIG_FILE).is_file():
+        found = sorted(p.name for p in root.iterdir())[:8]
+        raise checks.MissingInputError(f"{workdir} is not a didiff_jax run (no {CONFIG_FILE}; "
+                                       f"found {found}); {expected}")  # fmt: skip
+    steps = sorted(int(p.name) for p in (root / "checkpoints").glob("*") if p.name.isdigit())
+    if not steps:
+        raise checks.MissingInputError(f"{workdir} has {CONFIG_FILE} but no checkpoint: "
+                                       f"{expected} (has the run saved its first checkpoint yet?)")  # fmt: skip
+    if step is not None and step not in steps:
+        raise checks.MissingInputError(
+            f"{workdir} has no checkpoint of step {step}; saved steps: {steps}"
+        )
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:

@@ -21,7 +21,6 @@ depth, K or stem fails listing missing keys, unexpected keys and shape mismatche
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import sys
 
@@ -38,6 +37,7 @@ from didiff_jax.models.torch_interop import (
     export_torch_state_dict,
     load_torch_weights,
 )
+from didiff_jax.state import build_model, host_params, init_train_state, restore_for_eval
 
 REPO_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -56,14 +56,6 @@ def read_state_dict(path: str, *, ema: bool = False, unsafe_full_unpickle: bool 
     return torch_checkpoint.read(path, ema=ema, unsafe_full_unpickle=unsafe_full_unpickle)
 
 
-def _load_config(path: str) -> ml_collections.ConfigDict:
-    spec_path, _, arg = path.partition(":")
-    spec = importlib.util.spec_from_file_location("_didiff_config", spec_path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg or None)
-
-
 def placeholder_info(config: ml_collections.ConfigDict, num_classes: int) -> pipeline.DataInfo:
     """What the model needs of the data (K and channels), without opening the dataset."""
     res, channels = config.data.image_size, config.model.get("in_channels", 3)
@@ -79,8 +71,6 @@ def default_config(model: str) -> str:
 def import_checkpoint(state_dict: dict, config: ml_collections.ConfigDict, workdir: str, *,
                       num_classes: int) -> None:  # fmt: skip
     """Write ``state_dict`` as step 0 of a run of ``config`` in ``workdir`` (with its config.json)."""
-    from didiff_jax.train import build_model, init_train_state
-
     info = placeholder_info(config, num_classes)
     # Check the weights against a throw-away model first: nothing is written if they do not fit.
     check_torch_weights(nnx.eval_shape(lambda: build_model(config, info, nnx.Rngs(0))), state_dict)
@@ -102,9 +92,6 @@ def import_checkpoint(state_dict: dict, config: ml_collections.ConfigDict, workd
 
 
 def export_checkpoint(workdir: str, out: str, *, use_ema: bool = True) -> dict[str, np.ndarray]:
-    from didiff_jax.evaluate import restore_for_eval
-    from didiff_jax.train import host_params
-
     config = checkpoint.read_config(workdir)
     # K from the saved head (ResNet/DiDiRN ``fc``), so that no dataset has to be opened.
     mgr = checkpoint.manager(workdir, read_only=True)
@@ -156,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.model:
         parser.error("--model is required to import")
-    config = _load_config(args.config or default_config(args.model))
+    config = checkpoint.load_config_file(args.config or default_config(args.model))
     config.model.name = args.model
     if args.stem:
         config.model.stem = args.stem

@@ -1,13 +1,15 @@
 """Entry point: ``python -m didiff_jax.main --config configs/<name>.py[:variant] --workdir DIR``.
 
-Flags only; the work is in ``train.train_and_evaluate``, ``evaluate.evaluate`` and
-``evaluate.predict``. Config fields are overridden with ``--config.a.b=value``; a key that the
+Flags, and the order of the work: ``train`` mode trains (``train.train``) and then evaluates
+(:func:`train_and_evaluate`), ``eval`` evaluates a run (:func:`evaluate_run`: ``evaluate`` for
+classification, ``captioning`` for captions), ``predict`` answers image files through
+``didiff_jax.load(workdir)`` (:func:`predict`), so the command and the notebook API agree. Config fields are overridden with ``--config.a.b=value``; a key that the
 config does not have fails with the closest existing one.
 
 Usage errors end the command with one line on stderr, ``error: <what>: <what was expected>``, and
 exit status 2, before any device work and before the workdir is created: bad flags (a value of the
 wrong type, an unknown key, config file or variant), a config that cannot run
-(``checks.check_config``: step and batch counts, batch sizes that do not divide over the devices,
+(``preflight.check_config``: step and batch counts, batch sizes that do not divide over the devices,
 unknown names), data that is missing or malformed (``pipeline.check_data``: both splits, so a bad
 test split fails before training), and for eval / predict a workdir that is not a run. The same
 holds for a :class:`~didiff_jax.checks.InputError` raised later (e.g. a label out of range or a
@@ -18,17 +20,33 @@ traceback.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-import importlib.util
 import os
-import pathlib
 import re
 import sys
 from typing import NoReturn
 
+import jax
+import ml_collections
+import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
+
+from didiff_jax import (
+    api,
+    captioning,
+    checkpoint,
+    checks,
+    distributed,
+    evaluate,
+    metrics,
+    train,
+    uncertainty_eval,
+)
+from didiff_jax.data import captions
+from didiff_jax.preflight import preflight
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -88,16 +106,9 @@ def _load_config(argv: list[str]):
     spec = _config_spec(argv)
     if spec is None:
         return None
-    path, _, arg = spec.partition(":")
-    if not pathlib.Path(path).is_file():
-        usage_error(f"--config={spec}: no such config file {path!r} (expected "
-                    "configs/<name>.py[:variant])")  # fmt: skip
-    module_spec = importlib.util.spec_from_file_location("_didiff_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
     try:
-        return module.get_config(arg or None)
-    except (ValueError, KeyError) as e:
+        return checkpoint.load_config_file(spec)
+    except (ValueError, KeyError) as e:  # MissingInputError too
         usage_error(f"--config={spec}: {str(e).strip()}")
 
 
@@ -141,74 +152,86 @@ def parse_flags(argv: list[str]) -> list[str]:
     usage_error("could not apply the --config.* overrides")
 
 
-def preflight(mode: str, config, workdir: str, images: list[str]) -> None:
-    """Every check that needs no computation, before ``run`` (see the module docstring):
-    raises :class:`~didiff_jax.checks.InputError` naming the first problem."""
-    import jax
-
-    from didiff_jax import checks
-    from didiff_jax.data import pipeline
-
-    if images and mode != "predict":
-        raise checks.InputError(f"unexpected arguments {images} (only --mode predict takes images)")
-    if mode == "predict" and not images:
-        raise checks.InputError("--mode predict needs --images a.png b.jpg ...")
-    checks.check_config(config, mode=mode, device_count=jax.device_count(),
-                        process_count=jax.process_count())  # fmt: skip
-    if mode == "train":
-        local = "://" not in workdir
-        if local and os.path.exists(workdir) and not os.path.isdir(workdir):
-            raise checks.InputError(f"--workdir={workdir} exists and is not a directory")
-        evaluates = config.eval.get("after_train", True)
-        pipeline.check_data(config.data, ("train", "test") if evaluates else ("train",))
-        return
-    from didiff_jax import api
-
-    api.check_run_dir(workdir)
-    if mode == "eval":
-        pipeline.check_data(config.data, ("test",))
-
-
 def main(argv: list[str]) -> None:
     images = list(FLAGS.images) + list(argv[1:])  # --images a.png b.jpg also works
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax and grain are chatty at INFO
-    from didiff_jax import distributed
-
     distributed.initialize(requested=FLAGS.distributed)  # before anything touches a device
-    import jax
-
-    from didiff_jax import checkpoint, checks
-
     with distributed.exit_on_error():  # multi-process: one failing process ends them all
         try:
-            preflight(FLAGS.mode, FLAGS.config, FLAGS.workdir, images)
+            preflight(FLAGS.mode, FLAGS.config, FLAGS.workdir, images,
+                      device_count=jax.device_count(), process_count=jax.process_count())  # fmt: skip
             run(FLAGS.mode, FLAGS.config, FLAGS.workdir, images)
         except (checks.InputError, checkpoint.CheckpointMismatch,
                 checkpoint.CheckpointDamaged) as e:  # fmt: skip
             usage_error(str(e).strip(), multi_process=jax.process_count() > 1)
 
 
-def run(mode: str, config, workdir: str, images: list[str]) -> None:
+def run(mode: str, config: ml_collections.ConfigDict, workdir: str, images: list[str]) -> None:
+    """The work of ``--mode`` on a checked config (see :func:`preflight`)."""
     if mode == "train":
-        from didiff_jax import checkpoint, train
-
         # Locked before the data is loaded: a second run on the workdir fails at once.
         with checkpoint.workdir_lock(workdir):
-            train.train_and_evaluate(config, workdir)
-    elif images and mode != "predict":
-        usage_error(f"unexpected arguments {images} (only --mode predict takes images)")
+            train_and_evaluate(config, workdir)
     elif mode == "eval":
-        from didiff_jax import evaluate
+        evaluate_run(config, workdir)
+    elif any("error" in r for r in predict(config, workdir, images)):
+        sys.exit(1)
 
-        evaluate.evaluate(config, workdir)
-    else:
-        from didiff_jax import evaluate
 
-        if not images:
-            usage_error("--mode predict needs --images a.png b.jpg ...")
-        results = evaluate.predict(config, workdir, images)
-        if any("error" in r for r in results):
-            sys.exit(1)
+def evaluate_run(config: ml_collections.ConfigDict, workdir: str, run: dict | None = None
+                 ) -> list[dict]:  # fmt: skip
+    """The evaluation of the run's task: text metrics for captions (``captioning``), top-1,
+    calibration and corruptions for classification (``evaluate``), then, with
+    ``config.eval.uncertainty``, the uncertainty benchmark (``uncertainty_eval``); returns the
+    records."""
+    if config.data.name in captions.DATA_NAMES:
+        return captioning.evaluate(config, workdir, run=run)
+    records = evaluate.evaluate(config, workdir, run=run)
+    if config.eval.get("uncertainty"):
+        uncertainty_eval.evaluate(config, workdir)
+    return records
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """``train.train``, then :func:`evaluate_run` on the trained state (``eval.after_train``),
+    holding the workdir lock through both (a second run could otherwise start in the evaluation
+    and write the same files)."""
+    with contextlib.ExitStack() as lock:
+        trained = train.train(config, workdir, lock=lock)
+        if config.eval.get("after_train", True) and not trained["stopped_early"]:
+            evaluate_run(config, workdir, run=trained)
+
+
+def predict(config: ml_collections.ConfigDict, workdir: str, paths: list[str]) -> list[dict]:
+    """Answer each image file with the run's default sampler (the first configured one at its
+    largest number of steps) through ``didiff_jax.load(workdir)``: the top-5 classes and the
+    predictive entropy, or a caption for a caption run. Unreadable files are reported
+    (``{"path", "error"}``) and the rest answered, as one batch with the default key, so this
+    command and the notebook API give the same answers."""
+    trained = api.load(workdir, config=config, use_ema=config.eval.get("use_ema", True))
+    images, results = [], []
+    for path in paths:
+        try:
+            images.append(api.read_image(path, trained.info.image_shape[2]))
+            results.append({"path": path})
+        except ValueError as e:
+            print(f"error: {e}", flush=True)
+            results.append({"path": path, "error": str(e)})
+    readable = [r for r in results if "error" not in r]
+    if not images:
+        return results
+    if trained.seq_len is not None:
+        for r, caption in zip(readable, trained.caption(images), strict=True):
+            r["caption"] = caption
+            print(f"{r['path']}: {caption}", flush=True)
+        return results
+    for r, p in zip(readable, trained.predict(images), strict=True):  # p: [K]
+        top = np.argsort(-p)[:5]
+        entropy = float(metrics.predictive_entropy(jax.numpy.asarray(p[None]))[0])
+        r.update(top5=[(trained.class_names[k], float(p[k])) for k in top], entropy=entropy)
+        shown = ", ".join(f"{trained.class_names[k]} {p[k]:.3f}" for k in top)
+        print(f"{r['path']}: {shown} | entropy {entropy:.3f} nats", flush=True)
+    return results
 
 
 if __name__ == "__main__":

@@ -428,3 +428,55 @@ def _place_labels(
                 if ann is not best[1]:
                     ann.remove()
             obstacles.append((best[2], 20))
+
+
+# ------------------------------------------------------------------------------- uncertainty
+
+
+def plot_risk_coverage(curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                       path: str | os.PathLike) -> str | os.PathLike:  # fmt: skip
+    """Selective risk against coverage, one line per run (``{name: (coverage [N], risk [N])}``),
+    AURC in the legend: lower and flatter is better uncertainty ranking."""
+    fig, axes = _new_figure(panel=(5.5, 4.0))
+    ax = axes[0, 0]
+    for i, (name, (coverage, risk)) in enumerate(curves.items()):
+        ax.plot(coverage, 100 * np.asarray(risk), color=_color(i),
+                label=f"{name}: AURC {100 * float(np.mean(risk)):.2f}%")  # fmt: skip
+    ax.set(xlabel="coverage", ylabel="selective risk (%)", xlim=(0, 1), ylim=(0, None),
+           title="Risk-coverage")  # fmt: skip
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_corruption_bars(top1: Mapping[str, Mapping[str, Sequence[float]]],
+                         path: str | os.PathLike) -> str | os.PathLike:  # fmt: skip
+    """Top-1 per corruption (mean over severities), grouped bars, one colour per run
+    (``{name: {corruption: [top-1 per severity]}}``)."""
+    runs = list(top1)
+    names = list(next(iter(top1.values())))
+    fig, axes = _new_figure(panel=(max(6.0, 0.6 * len(names)), 3.8))
+    ax = axes[0, 0]
+    width = 0.8 / len(runs)
+    x = np.arange(len(names))
+    for i, run in enumerate(runs):
+        means = [100 * float(np.mean(top1[run][n])) for n in names]
+        ax.bar(x + (i - (len(runs) - 1) / 2) * width, means, width, color=_color(i), label=run)
+    ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
+    ax.set(ylabel="top-1 (%), mean over severities", ylim=(0, 100), title="Corruptions")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | os.PathLike,
+             title: str = "") -> str | os.PathLike:  # fmt: skip
+    """ROC curves of OOD detection, one per run (``{name: (fpr, tpr)}``), AUROC in the legend."""
+    fig, axes = _new_figure(panel=(4.5, 4.0))
+    ax = axes[0, 0]
+    ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1)
+    for i, (name, (fpr, tpr)) in enumerate(curves.items()):
+        ax.plot(fpr, tpr, color=_color(i),
+                label=f"{name}: AUROC {float(np.trapezoid(tpr, fpr)):.3f}")  # fmt: skip
+    ax.set(xlabel="false-positive rate (in-distribution flagged)",
+           ylabel="true-positive rate (OOD flagged)", xlim=(0, 1), ylim=(0, 1), title=title)  # fmt: skip
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)

@@ -1,4 +1,4 @@
-"""The training loop: ``train_and_evaluate(config, workdir)``.
+"""The training loop: ``train(config, workdir)``.
 
 One straight line of named helpers, big_vision style:
 
@@ -8,7 +8,7 @@ One straight line of named helpers, big_vision style:
 3. resume from the workdir's latest checkpoint (train state and data-iterator position);
 4. the jitted step (explicit in/out shardings, donated state); progress line, JSON-lines metrics;
    asynchronous checkpoints every ``checkpoint_every_steps``; SIGTERM saves and exits;
-5. a final checkpoint, then ``evaluate`` (when ``config.eval.after_train``).
+5. a final checkpoint. (``main.train_and_evaluate`` then evaluates the returned state.)
 
 A step whose loss or gradient is not finite leaves the state unchanged and is counted; the loop
 then stops with an error naming the last good checkpoint. A checkpoint is written only when the
@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import signal
 import time
 from typing import Any
@@ -35,66 +34,14 @@ import optax
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from didiff_jax import checkpoint, checks, health, losses, optim, sharding
+from didiff_jax import checkpoint, health, losses, optim, preflight, sharding
 from didiff_jax.data import pipeline
-from didiff_jax.models import create_model
+from didiff_jax.state import hms, init_train_state, total_steps, train_size
 
 log = logging.getLogger("didiff_jax")
 
 
-# ---------------------------------------------------------------------------------- the model
-
-
-def build_model(config: ml_collections.ConfigDict, info: pipeline.DataInfo, rngs: nnx.Rngs):
-    """The network of ``config.model`` (every key but ``name`` is a builder option)."""
-    options = {k: v for k, v in config.model.items() if k != "name"}
-    if "dtype" in options:
-        options["dtype"] = jnp.dtype(options["dtype"])
-    return create_model(config.model.name, num_classes=info.num_classes, rngs=rngs, **options)
-
-
-def total_steps(config: ml_collections.ConfigDict, train_size: int) -> int:
-    if config.get("num_steps"):
-        return int(config.num_steps)
-    return int(math.ceil(config.num_epochs * train_size / config.batch_size))
-
-
-def train_size(config: ml_collections.ConfigDict, source) -> int:
-    ratio = config.data.get("train_ratio", 1.0)
-    if ratio >= 1.0:
-        return len(source)
-    return len(
-        pipeline.class_subset(pipeline.labels_of(source), ratio, config.data.get("ratio_seed", 0))
-    )
-
-
-def init_train_state(config, info, tx, mesh, rules):
-    """(graphdef, abstract state, state shardings, init function). The init function builds the
-    model and optimizer state under ``jit`` straight into the target shardings (no host copy)."""
-
-    def init():
-        model = build_model(config, info, nnx.Rngs(config.seed))
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-        ema_on = bool(config.get("ema_decay", 0.0))
-        state = {
-            "params": params,
-            "rest": rest,
-            "opt_state": tx.init(params),
-            "ema": params if ema_on else {},
-            "ema_rest": rest if ema_on else {},  # EMA of the batch statistics (as timm's EMA)
-            "step": jnp.zeros((), jnp.int32),
-            "rng": jax.random.key_data(jax.random.key(config.seed + 1)),
-            "nonfinite": jnp.zeros((), jnp.int32),
-        }
-        return graphdef, state
-
-    graphdef, abstract = nnx.eval_shape(init)
-    shardings = sharding.state_shardings(abstract, mesh, rules)
-    init_fn = jax.jit(lambda: init()[1], out_shardings=shardings)
-    abstract = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
-    )
-    return graphdef, abstract, shardings, init_fn
+# ----------------------------------------------------------------------------------- the step
 
 
 def make_train_step(graphdef, loss_fn, tx, ema_decay: float):
@@ -171,13 +118,6 @@ def tensorboard_writer(workdir: str):
     return SummaryWriter(str(checkpoint.workdir_path(workdir) / "tensorboard"))
 
 
-def hms(seconds: float) -> str:
-    """``seconds`` as ``1h05m`` (an hour or more) or ``4m07s``, for progress lines."""
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else (
-        f"{seconds // 60}m{seconds % 60:02d}s")  # fmt: skip
-
-
 class _Stop:
     """SIGTERM sets a flag; the loop saves a checkpoint at the next step and exits cleanly.
 
@@ -216,12 +156,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     """Train (or resume) the run in ``workdir``; returns the final train state.
 
     The workdir is locked (``checkpoint.workdir_lock``) from the first write until ``train``
-    returns, or until ``lock`` closes when given (``train_and_evaluate``: through the evaluation).
+    returns, or until ``lock`` closes when given (``main.train_and_evaluate``: through the
+    evaluation).
     A resumed run starts from the newest intact checkpoint (a damaged newer one is set aside with
     a warning). A checkpoint is written only when the state is healthy (:mod:`didiff_jax.health`);
     an unhealthy state that cannot recover stops the run with ``FloatingPointError`` naming the
     last good checkpoint."""
-    checks.check_config(config, mode="train", device_count=jax.device_count(),
+    preflight.check_config(config, mode="train", device_count=jax.device_count(),
                         process_count=jax.process_count())  # fmt: skip
     info = pipeline.dataset_info(config.data)
     mesh = sharding.make_mesh(**config.mesh)
@@ -335,23 +276,3 @@ def _save_if_healthy(mgr, guard: health.HealthCheck, problem: tuple[str, bool] |
     if not recoverable or last:
         raise FloatingPointError(f"{message}; {ADVICE}")
     log.warning("%s; training goes on", message)
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """:func:`train`, then ``evaluate`` (``config.eval.after_train``), holding the workdir lock
-    through both (a second run could otherwise start in the evaluation and write the same files)."""
-    with contextlib.ExitStack() as lock:
-        run = train(config, workdir, lock=lock)
-        if config.eval.get("after_train", True) and not run["stopped_early"]:
-            from didiff_jax import evaluate  # evaluation pulls in plotting
-
-            evaluate.evaluate(config, workdir, run=run)
-
-
-def host_params(state: dict, use_ema: bool) -> tuple[Any, Any]:
-    """The (params, rest) to evaluate: the EMA of the parameters and of the batch statistics
-    when the run keeps one and ``use_ema``. (EMA weights with the live model's batch statistics
-    do not match: a ResNet on Fashion-MNIST then loses 17 points of top-1.)"""
-    if use_ema and state["ema"]:
-        return state["ema"], state["ema_rest"]
-    return state["params"], state["rest"]

@@ -5,6 +5,7 @@
 #   bash launch/setup_env.sh [EXTRA] [--venv DIR] [--python PY]
 #
 #   EXTRA    test | cuda (NVIDIA GPUs, CUDA 12) | tpu (Cloud TPU VMs) | tensorboard | torch |
+#            corruptions (Fashion-MNIST-C for the :uncertainty variant) |
 #            none: CPU                                                        [EXTRA]
 #   --venv   the virtual environment, relative to the repository root       [VENV, .venv]
 #   --python the Python that creates it (>= 3.11)                           [PYTHON]
@@ -26,8 +27,8 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 case "$EXTRA" in
-  "" | test | cuda | tpu | tensorboard | torch) ;;
-  *) echo "setup_env.sh: unknown extra '$EXTRA' (test, cuda, tpu, tensorboard, torch)" >&2; exit 2 ;;
+  "" | test | cuda | tpu | tensorboard | torch | corruptions) ;;
+  *) echo "setup_env.sh: unknown extra '$EXTRA' (test, cuda, tpu, tensorboard, torch, corruptions)" >&2; exit 2 ;;
 esac
 cd "$(dirname "$0")/.."
 

@@ -33,6 +33,8 @@ for _var, _prefix in (("JAX_COMPILATION_CACHE_DIR", "didiff_jax_xla_cache_"),
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from didiff_jax.state import init_train_state  # noqa: E402
+
 
 def single_device_env(**extra: str) -> dict[str, str]:
     """This environment without the 8-fake-device flag (for subprocesses on one CPU device)."""
@@ -69,7 +71,7 @@ def smoke_run():
     import subprocess
     import sys
 
-    from didiff_jax import checkpoint, optim, sharding, train
+    from didiff_jax import checkpoint, optim, sharding
     from didiff_jax.data import pipeline
 
     repo = pathlib.Path(__file__).resolve().parents[1]
@@ -105,7 +107,7 @@ def smoke_run():
             tx, _ = optim.make_optimizer(config.optimizer, 1)
             mesh = sharding.make_mesh(**config.mesh)
             rules = sharding.parse_rules(config.get("sharding_rules"))
-            _, _, _, init_fn = train.init_train_state(config, info, tx, mesh, rules)
+            _, _, _, init_fn = init_train_state(config, info, tx, mesh, rules)
             mgr = checkpoint.manager(workdir)
             checkpoint.write_config(workdir, config)
             checkpoint.save(mgr, 0, init_fn(), force=True)

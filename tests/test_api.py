@@ -21,9 +21,10 @@ from flax import nnx
 from PIL import Image
 
 import didiff_jax
-from didiff_jax import api, captioning, checkpoint, evaluate, samplers, sharding
-from didiff_jax.data import fashion_mnist, pipeline
+from didiff_jax import api, checkpoint, inference, samplers, sharding
+from didiff_jax.data import captions, fashion_mnist, pipeline
 from didiff_jax.diffusion import uniform_marginal
+from didiff_jax.state import restore_for_eval
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(
@@ -88,7 +89,7 @@ def test_load_restores_the_run_with_its_ema_parameters(didicm, trained):
     assert (trained.step, trained.used_ema, trained.seq_len) == (4, True, None)
     assert trained.score_fn is not None and trained.logits_fn is None
     # The model holds the checkpoint's EMA parameters.
-    state = evaluate.restore_for_eval(saved, didicm)[1]
+    state = restore_for_eval(saved, didicm)[1]
     ours = jax.tree.leaves(nnx.state(trained.model, nnx.Param))
     for a, b in zip(ours, jax.tree.leaves(state["ema"]), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -310,12 +311,18 @@ def test_caption_run_predicts_per_token_probabilities_as_its_evaluation_samples(
     probs, traj = trained.predict(images, key=key, return_trajectory=True)
     assert probs.shape == (8, N, V) and traj.shape == (2, 8, N, V)
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
-    # The caption evaluation's own sampler draws the same tokens from the same key.
+    # The caption evaluation's predictor draws the same tokens from the same key, and
+    # ``caption`` decodes them.
     graphdef, params, rest = nnx.split(trained.model, nnx.Param, ...)
-    sample = jax.jit(captioning.make_sample_fn(trained.config, graphdef, trained.sampler_entry(), 2,
-                                               V, N, trajectory=True))  # fmt: skip
+    fn = inference.make_predict_fn(
+        trained.config, graphdef, trained.sampler_entry(), 2, V, seq_len=N
+    )
+    sample = inference.jit_outputs(fn, "answer", "traj")
     x = jax.device_put(trained.preprocess(images), sharding.batch_sharding(trained.mesh))
-    tokens, traj_tokens = sample(params, rest, x, jax.random.fold_in(key, 0))
+    tokens, traj_onehot = sample(params, rest, x, jax.random.fold_in(key, 0))
+    traj_tokens = inference.decoded_tokens(traj_onehot, V)
+    tokenizer = captions.tokenizer_for(trained.config.data)
+    assert trained.caption(images, key=key) == [tokenizer.decode(t) for t in np.asarray(tokens)]
     if trained.objective == "mdd":  # one-hot rows of the revealed tokens, all-zero while masked
         decoded = np.where(traj.sum(-1) > 0, traj.argmax(-1), V)
         np.testing.assert_array_equal(decoded, traj_tokens)

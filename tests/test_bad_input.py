@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 from configs import common, fashion_mnist_resnet
-from didiff_jax import checks, train
+from didiff_jax import checks, preflight, train
 from didiff_jax.data import fashion_mnist, pipeline
+from didiff_jax.state import total_steps
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NAMES = [name for pair in fashion_mnist.FILES.values() for name in pair]
@@ -186,7 +187,7 @@ def smoke(**overrides) -> ml_collections.ConfigDict:
 )  # fmt: skip
 def test_configs_that_cannot_run_are_rejected_in_one_line(overrides, devices, message):
     with pytest.raises(checks.InputError, match=message) as error:
-        checks.check_config(smoke(**overrides), mode="train", device_count=devices)
+        preflight.check_config(smoke(**overrides), mode="train", device_count=devices)
     assert "\n" not in str(error.value)
 
 
@@ -195,28 +196,28 @@ def test_a_sampler_that_does_not_fit_the_objective_is_rejected():
     config.eval.samplers = [{"name": "cp", "steps": (2,)}]  # a DiDiCM sampler on a classifier
     with pytest.raises(checks.InputError, match=r"samplers\[0\]\.name='cp' does not fit objective "
                                                 r"'classifier'"):  # fmt: skip
-        checks.check_config(config, mode="eval", device_count=1)
+        preflight.check_config(config, mode="eval", device_count=1)
 
 
 def test_what_the_config_check_lets_through():
-    checks.check_config(smoke(), mode="train", device_count=8, process_count=2)
+    preflight.check_config(smoke(), mode="train", device_count=8, process_count=2)
     # No evaluation after training: the evaluation batch is not constrained by the devices.
-    checks.check_config(smoke(**{"eval.batch_size": 500, "eval.after_train": False}),
+    preflight.check_config(smoke(**{"eval.batch_size": 500, "eval.after_train": False}),
                         mode="train", device_count=8)  # fmt: skip
     # Prediction pads its chunks to the devices itself.
-    checks.check_config(smoke(**{"eval.batch_size": 500}), mode="predict", device_count=8)
+    preflight.check_config(smoke(**{"eval.batch_size": 500}), mode="predict", device_count=8)
     # Evaluating a run does not look at the training fields.
-    checks.check_config(smoke(num_steps=-3), mode="eval", device_count=1)
+    preflight.check_config(smoke(num_steps=-3), mode="eval", device_count=1)
     with pytest.raises(checks.InputError, match="divide over the 2 processes"):
-        checks.check_config(smoke(batch_size=3), mode="train", device_count=1, process_count=2)
+        preflight.check_config(smoke(batch_size=3), mode="train", device_count=1, process_count=2)
 
 
 def test_num_steps_zero_means_train_for_num_epochs():
     config = smoke(num_steps=0, num_epochs=2.0, batch_size=16)
-    checks.check_config(config, mode="train", device_count=1)
-    assert train.total_steps(config, train_size=100) == math.ceil(2.0 * 100 / 16) == 13
+    preflight.check_config(config, mode="train", device_count=1)
+    assert total_steps(config, train_size=100) == math.ceil(2.0 * 100 / 16) == 13
     config.num_steps = 5
-    assert train.total_steps(config, train_size=100) == 5
+    assert total_steps(config, train_size=100) == 5
 
 
 def test_train_itself_rejects_negative_steps_before_writing(tmp_path):

@@ -21,7 +21,7 @@ from configs import (
     fashion_grid_captions_mdd,
     fashion_grid_captions_tdd,
 )
-from didiff_jax import caption_metrics, evaluate, samplers, train
+from didiff_jax import caption_metrics, main, samplers
 from didiff_jax.checks import InputError, MissingInputError
 from didiff_jax.data import captions, fashion_mnist, pipeline
 from didiff_jax.diffusion import CosineAbar
@@ -440,14 +440,14 @@ def _check_outputs(workdir: pathlib.Path, labels: set[str], count: int, grid: bo
 def _resume_and_evaluate(config, workdir: pathlib.Path, *, restore: bool):
     """4 steps, a checkpoint; resume to 6; evaluate in-run, or from the checkpoint (--mode eval)."""
     config.eval.after_train = False
-    train.train_and_evaluate(config, str(workdir))
+    main.train_and_evaluate(config, str(workdir))
     config.num_steps = 6
     config.eval.after_train = not restore
-    train.train_and_evaluate(config, str(workdir))
+    main.train_and_evaluate(config, str(workdir))
     steps = [json.loads(x)["step"] for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [2, 4, 6]
     if restore:
-        evaluate.evaluate(config, str(workdir))
+        main.evaluate_run(config, str(workdir))
 
 
 @needs_fashion
@@ -468,7 +468,7 @@ def test_fashion_grid_configs_train_resume_and_evaluate(tmp_path, grid_root, mod
         bad = tmp_path / "broken.png"
         bad.write_bytes(b"not an image")
         image = grid_root / "val2017" / "000000000001.png"
-        results = evaluate.predict(config, str(tmp_path), [str(bad), str(image)])
+        results = main.predict(config, str(tmp_path), [str(bad), str(image)])
         assert "broken.png" in results[0]["error"] and isinstance(results[1]["caption"], str)
 
 

@@ -20,6 +20,7 @@ from etils.epath import testing as epath_testing
 from configs import fashion_mnist_didirn
 from didiff_jax import checkpoint, distributed, evaluate, metrics, train
 from didiff_jax.data import fashion_mnist, pipeline
+from didiff_jax.state import restore_for_eval
 from tests.conftest import single_device_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -231,7 +232,7 @@ def trained(workdir, step: int) -> dict[str, np.ndarray]:
     flattened, restored into this process's 8-device mesh (resharded from the run's layout)."""
     config = fashion_mnist_didirn.get_config("smoke")
     config.model.width = 8
-    state = evaluate.restore_for_eval(config, str(workdir), step=step)[1]
+    state = restore_for_eval(config, str(workdir), step=step)[1]
     return {part: np.concatenate([np.ravel(x) for x in jax.tree.leaves(state[part])])
             for part in ("params", "rest")}  # fmt: skip
 

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from configs import common
+from didiff_jax.checks import InputError
 from didiff_jax.data import fashion_mnist, pipeline
 
 needs_data = pytest.mark.skipif(
@@ -38,6 +39,32 @@ def test_class_subset_keeps_ratio_per_class():
     assert np.bincount(labels[idx]).tolist() == [1, 2, 3, 4]
     np.testing.assert_array_equal(idx, pipeline.class_subset(labels, 0.1, seed=3))
     assert not np.array_equal(idx, pipeline.class_subset(labels, 0.5, seed=4)[: len(idx)])
+
+
+def test_holdout_examples_are_never_trained_on():
+    """``data.holdout``: the last N train examples are apart (the temperature of the uncertainty
+    evaluation is fitted on them); ``train_ratio`` then subsets the rest."""
+    cfg = data_config()
+    src = make_source(n=60)
+    assert pipeline.training_indices(cfg, src) is None
+    cfg.holdout = 12
+    np.testing.assert_array_equal(pipeline.training_indices(cfg, src), np.arange(48))
+    np.testing.assert_array_equal(pipeline.holdout_indices(cfg, src), np.arange(48, 60))
+    info = pipeline.dataset_info(cfg)
+    # Image i is filled with the value i, so a batch tells which examples it holds.
+    marked = pipeline.ArraySource(np.tile(np.arange(60, dtype=np.uint8)[:, None, None, None],
+                                          (1, 28, 28, 1)), src.labels)  # fmt: skip
+    stream = iter(pipeline.train_dataset(cfg, info, global_batch_size=8, seed=1, source=marked))
+    mean, std = np.asarray(info.mean), np.asarray(info.std)
+    pixels = np.concatenate([next(stream)["image"][:, 14, 14, 0] for _ in range(30)])  # [240]
+    seen = set(np.rint((pixels * std[0] + mean[0]) * 255).astype(int).tolist())
+    assert seen == set(range(48))  # 240 draws over 5 epochs of 48: every kept one, no held one
+    cfg.train_ratio = 0.5
+    kept = pipeline.training_indices(cfg, src)
+    assert len(kept) == 24 and kept.max() < 48
+    with pytest.raises(InputError, match="data.holdout=60"):
+        cfg.holdout = 60
+        pipeline.training_indices(cfg, src)
 
 
 def test_train_stream_is_deterministic_and_resumable():

@@ -29,8 +29,9 @@ import pytest
 from flax import nnx
 
 from configs import fashion_mnist_resnet
-from didiff_jax import api, checkpoint, checks, evaluate, health, train
+from didiff_jax import api, checkpoint, checks, health, train
 from didiff_jax.data import fashion_mnist
+from didiff_jax.state import restore_for_eval
 from tests.test_train import tiny
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -179,7 +180,7 @@ def steps_on_disk(workdir) -> list[int]:
 def assert_restores_finite_and_predicts(workdir, step: int) -> None:
     """The checkpoint's arrays (parameters, batch statistics, optimizer state) are finite and its
     predictions are probabilities."""
-    _, state, _, _ = evaluate.restore_for_eval(ramp(), str(workdir), step=step)
+    _, state, _, _ = restore_for_eval(ramp(), str(workdir), step=step)
     for group in ("params", "rest", "opt_state"):
         for leaf in jax.tree.leaves(state[group]):
             if np.issubdtype(leaf.dtype, np.inexact):
@@ -269,7 +270,7 @@ def test_resuming_from_a_checkpoint_that_predicts_nan_stops_before_training(fres
     a data-iterator state (as convert's import writes them): the run stops before its first step,
     naming it; nothing is trained or written."""
     config = ramp(num_steps=8)
-    _, state, _, _ = evaluate.restore_for_eval(config, str(fresh_run), step=4)
+    _, state, _, _ = restore_for_eval(config, str(fresh_run), step=4)
     nan = jax.tree.map(lambda x: x * jnp.nan if jnp.issubdtype(x.dtype, jnp.inexact) else x,
                        state["rest"])  # fmt: skip
     mgr = checkpoint.manager(str(fresh_run))
@@ -417,7 +418,7 @@ def test_evaluation_uses_the_newest_intact_checkpoint_or_fails_in_one_line(fresh
     ckpts = fresh_run / "checkpoints"
     truncate_newest_array_file(fresh_run, 4)
     with caplog.at_level(logging.WARNING, logger="didiff_jax"):
-        _, state, _, _ = evaluate.restore_for_eval(config, str(fresh_run))
+        _, state, _, _ = restore_for_eval(config, str(fresh_run))
     assert int(state["step"]) == 2
     (warning,) = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
     assert re.fullmatch(DAMAGED.format(dir=re.escape(str(ckpts))) + r"; using step 2, the newest "
@@ -425,7 +426,7 @@ def test_evaluation_uses_the_newest_intact_checkpoint_or_fails_in_one_line(fresh
     assert steps_on_disk(fresh_run) == [2, 4]  # evaluation moves nothing
     # The damaged step asked for by name: one line saying what to do.
     with pytest.raises(checkpoint.CheckpointDamaged) as damaged:
-        evaluate.restore_for_eval(config, str(fresh_run), step=4)
+        restore_for_eval(config, str(fresh_run), step=4)
     assert re.fullmatch(DAMAGED.format(dir=re.escape(str(ckpts))) + r"; saved steps: \[2, 4\]: "
                         rf"restore another step, or delete {re.escape(str(ckpts))}/4 to use the "
                         r"newest intact one", str(damaged.value)), str(damaged.value)  # fmt: skip

@@ -407,7 +407,7 @@ def test_evaluate_decodes_add_output_as_trained(loss):
     import ml_collections
     from flax import nnx
 
-    from didiff_jax import evaluate
+    from didiff_jax import inference
     from didiff_jax.losses import gaussian_schedule
 
     K, lam = 10, 3.0
@@ -418,7 +418,9 @@ def test_evaluate_decodes_add_output_as_trained(loss):
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     labels = jnp.arange(32) % K
     entry = ml_collections.ConfigDict(dict(name="onehot", to_one="argmax"))
-    fn = evaluate.make_predict_fn(cfg, graphdef, entry, 4, K)
+    fn = inference.jit_outputs(
+        inference.make_predict_fn(cfg, graphdef, entry, 4, K), "probs", "traj"
+    )
     probs, traj = fn(params, rest, jax.nn.one_hot(labels, K), jax.random.key(0))
     assert traj.shape == (4, 32, K)
     np.testing.assert_array_equal(np.argmax(probs, -1), np.asarray(labels))

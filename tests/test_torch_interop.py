@@ -18,6 +18,7 @@ from didiff_jax.models.torch_interop import (
     export_torch_state_dict,
     load_torch_weights,
 )
+from didiff_jax.state import restore_for_eval
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = np.load(pathlib.Path(__file__).parent / "fixtures" / "reference_networks.npz")
@@ -134,7 +135,7 @@ def test_mismatch_errors_list_everything_and_write_nothing():
 
 def test_convert_imports_a_run_that_reproduces_the_official_outputs(tmp_path):
     """`python -m didiff_jax.convert` path: .npz -> workdir -> restored model == reference logits."""
-    from didiff_jax import convert, evaluate
+    from didiff_jax import convert
 
     npz = tmp_path / "didirn18.npz"
     np.savez(npz, **reference_state_dict("didirn18"))
@@ -143,7 +144,7 @@ def test_convert_imports_a_run_that_reproduces_the_official_outputs(tmp_path):
     config = convert.checkpoint.read_config(str(tmp_path / "run"))
     config.model.dtype = "float32"
     info = convert.placeholder_info(config, 10)
-    graphdef, state, _, _ = evaluate.restore_for_eval(config, str(tmp_path / "run"), info=info)
+    graphdef, state, _, _ = restore_for_eval(config, str(tmp_path / "run"), info=info)
     model = nnx.merge(graphdef, state["params"], state["rest"])
     images = jnp.asarray(np.transpose(FIXTURES["images_nchw"], (0, 2, 3, 1)))
     raw = model.logits(

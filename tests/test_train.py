@@ -18,8 +18,9 @@ from configs import (
     fashion_mnist_didirn,
     fashion_mnist_resnet,
 )
-from didiff_jax import checkpoint, evaluate, losses, optim, sharding, train
+from didiff_jax import checkpoint, losses, main, optim, sharding, train
 from didiff_jax.data import fashion_mnist, pipeline
+from didiff_jax.state import init_train_state, restore_for_eval
 from tests.conftest import single_device_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -50,12 +51,12 @@ def leaves(state):
 def test_smoke_trains_saves_resumes_and_evaluates(tmp_path):
     # A trained baseline, evaluated on its own and then alongside the DiDiRN into one file.
     baseline = tiny(fashion_mnist_resnet)
-    train.train_and_evaluate(baseline, str(tmp_path / "resnet"))
+    main.train_and_evaluate(baseline, str(tmp_path / "resnet"))
     alone = json.loads((tmp_path / "resnet" / "eval_results.json").read_text())["records"]
     config = tiny(fashion_mnist_didirn)
     config.eval.samplers = [*config.eval.samplers, {"name": "cl", "num_chains": 3, "steps": (2,)}]
     config.eval.baselines = (str(tmp_path / "resnet"),)
-    train.train_and_evaluate(config, str(tmp_path))
+    main.train_and_evaluate(config, str(tmp_path))
     records = json.loads((tmp_path / "eval_results.json").read_text())["records"]
     alongside = [r for r in records if r["run"] == str(tmp_path / "resnet")]
     assert [(r["model"], r["condition"], r["top1"], r["nll"]) for r in alongside] == [
@@ -80,7 +81,7 @@ def test_smoke_trains_saves_resumes_and_evaluates(tmp_path):
     config.num_steps = 6
     config.eval.after_train = False
     config.tensorboard = True
-    train.train_and_evaluate(config, str(tmp_path))
+    main.train_and_evaluate(config, str(tmp_path))
     steps = [
         json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
     ]
@@ -122,8 +123,8 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
     assert latest is not None and latest < 8, "the run was not interrupted"
     run_main(tmp_path / "killed", *common, env=env)
     config = tiny(fashion_mnist_didirn)
-    a = evaluate.restore_for_eval(config, str(tmp_path / "straight"))[1]
-    b = evaluate.restore_for_eval(config, str(tmp_path / "killed"))[1]
+    a = restore_for_eval(config, str(tmp_path / "straight"))[1]
+    b = restore_for_eval(config, str(tmp_path / "killed"))[1]
     for x, y in zip(leaves(a), leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
 
@@ -137,13 +138,13 @@ def test_unknown_config_key_suggests(tmp_path):
 def test_checkpoint_of_another_model_fails_naming_both(tmp_path):
     # The check is the same for every model: the ResNet baseline compiles fastest.
     config = tiny(fashion_mnist_resnet, **{"eval.after_train": False})
-    train.train_and_evaluate(config, str(tmp_path))
+    main.train_and_evaluate(config, str(tmp_path))
     config.model.width = 16
     with pytest.raises(
         checkpoint.CheckpointMismatch,
         match=r"(?s)'width': 16.*written with model.*'width': 8.*shape mismatch",
     ):
-        evaluate.restore_for_eval(config, str(tmp_path))
+        restore_for_eval(config, str(tmp_path))
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
@@ -177,7 +178,7 @@ def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch):
 
 def test_predict_answers_good_images_and_names_bad_ones(tmp_path, capsys):
     config = tiny(fashion_mnist_didirn, **{"eval.after_train": False})
-    train.train_and_evaluate(config, str(tmp_path))
+    main.train_and_evaluate(config, str(tmp_path))
     images, _ = fashion_mnist.load("test")
     good = tmp_path / "shoe.png"
     Image.fromarray(images[0, :, :, 0]).save(good)
@@ -185,7 +186,7 @@ def test_predict_answers_good_images_and_names_bad_ones(tmp_path, capsys):
     Image.fromarray(np.stack([images[1, :, :, 0]] * 3, -1)).resize((64, 64)).save(rgb)
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")
-    results = evaluate.predict(config, str(tmp_path), [str(good), str(bad), str(rgb)])
+    results = main.predict(config, str(tmp_path), [str(good), str(bad), str(rgb)])
     assert "error" in results[1] and "broken.png" in results[1]["error"]
     for r in (results[0], results[2]):
         probs = [p for _, p in r["top5"]]
@@ -207,7 +208,7 @@ def test_eight_devices_equal_one(devices):
     results = []
     for devs in (devices[:1], devices):
         mesh = sharding.make_mesh(data=-1, fsdp=1, devices=devs)
-        graphdef, _, shardings, init_fn = train.init_train_state(config, info, tx, mesh, ())
+        graphdef, _, shardings, init_fn = init_train_state(config, info, tx, mesh, ())
         step = jax.jit(train.make_train_step(graphdef, loss_fn, tx, 0.0),
                        in_shardings=(shardings, sharding.batch_sharding(mesh)),
                        out_shardings=(shardings, None))  # fmt: skip

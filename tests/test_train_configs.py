@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from configs import fashion_mnist_add_vit, fashion_mnist_resnet, fashion_mnist_vit
-from didiff_jax import evaluate, train
+from didiff_jax import evaluate, inference, main
 from didiff_jax.data import fashion_mnist
+from didiff_jax.state import build_model
 
 pytestmark = pytest.mark.skipif(
     not pathlib.Path(fashion_mnist.DEBIAN_DIR).is_dir()
@@ -42,9 +43,9 @@ def test_other_configs_train_resume_and_evaluate(tmp_path, module, variant, samp
         if "head_width" in config.model:
             config.model.update(head_width=32, head_depth=1)
     config.eval.after_train = False
-    train.train_and_evaluate(config, str(tmp_path))
+    main.train_and_evaluate(config, str(tmp_path))
     config.num_steps = 6
-    train.train_and_evaluate(config, str(tmp_path))  # resumes at 4
+    main.train_and_evaluate(config, str(tmp_path))  # resumes at 4
     capsys.readouterr()
     records = evaluate.evaluate(config, str(tmp_path))
     assert sampler in {r["sampler"] for r in records}
@@ -90,9 +91,9 @@ def test_imagenet_configs_smoke_on_an_image_folder(tmp_path, image_folder, name)
     config.data.data_dir = str(image_folder.parent / "prepared")  # prepared once, shared
     config.eval.after_train = False
     config.eval.corruptions = ()
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    main.train_and_evaluate(config, str(tmp_path / "run"))
     config.num_steps = 6
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    main.train_and_evaluate(config, str(tmp_path / "run"))
     records = evaluate.evaluate(config, str(tmp_path / "run"))
     assert records and all(r["count"] == 6 for r in records)
 
@@ -111,14 +112,14 @@ def test_single_label_mdd_is_evaluated_with_its_training_schedule():
     config = fashion_mnist_add_vit.get_config("smoke,mdd")
     config.objective.schedule = "cosine"
     info = pipeline.dataset_info(config.data)
-    model = train.build_model(config, info, nnx.Rngs(0))
+    model = build_model(config, info, nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     entry = ml_collections.ConfigDict({"name": "masked"})
     images = jax.random.normal(jax.random.key(1), (64, *info.image_shape))
     key = jax.random.key(2)
-    _, revealed = evaluate.make_predict_fn(config, graphdef, entry, 3, info.num_classes)(
+    revealed = inference.make_predict_fn(config, graphdef, entry, 3, info.num_classes)(
         params, rest, images, key
-    )
+    )["traj"]
 
     def direct(schedule):
         c = model.encode(images, train=False)
@@ -147,8 +148,58 @@ def test_calibration_readout_of_the_one_hot_chain_is_its_first_step():
     rng = np.random.default_rng(0)
     traj = rng.dirichlet(np.ones(10), size=(5, 4))  # [S, B, K]
     final = np.eye(10)[[1, 2, 3, 4]]  # a confident last step
-    got, name = evaluate.calibration_readout("onehot-argmax-g2", final, traj)
+    got, name = inference.calibration_readout("onehot-argmax-g2", final, traj)
     assert name == "t=1" and np.array_equal(got, traj[0])
     for label in ("cp-euler", "cl-euler", "masked", "classifier"):
-        got, name = evaluate.calibration_readout(label, final, traj)
+        got, name = inference.calibration_readout(label, final, traj)
         assert name == "final" and got is final
+
+
+# Every config and the variants its docstring names (a value where the variant takes one).
+CONFIG_VARIANTS = {
+    "coco_captions_mdd": ["smoke"],
+    "coco_captions_tdd": ["smoke"],
+    "fashion_grid_captions_mdd": ["smoke"],
+    "fashion_grid_captions_tdd": ["smoke"],
+    "fashion_mnist_add_vit": ["smoke", "noise=3", "blur=2", "lowres=4", "ratio=0.1", "mdd",
+                              "nocoef", "regression", "mdd,noise=3,smoke"],
+    "fashion_mnist_didirn": ["smoke", "noise=3", "blur=2", "lowres=4", "ratio=0.1", "reference",
+                             "reference,smoke"],
+    "fashion_mnist_resnet": ["smoke", "noise=3", "blur=2", "lowres=4", "ratio=0.1", "reference"],
+    "fashion_mnist_vit": ["smoke", "noise=3", "blur=2", "lowres=4", "ratio=0.1"],
+    "imagenet_add_vitb16": ["nocoef", "folder", "smoke"],
+    "imagenet_didirn50": ["weak", "strong", "ratio=0.1", "res=64", "folder", "smoke",
+                          "strong,res=64,smoke"],
+    "imagenet_resnet50": ["weak", "strong", "ratio=0.1", "res=64", "folder", "smoke"],
+    "imagenet_vitb16": ["nocoef", "folder", "smoke"],
+}  # fmt: skip
+
+
+def test_every_config_is_listed():
+    on_disk = {p.stem for p in (pathlib.Path(__file__).parents[1] / "configs").glob("*.py")}
+    assert on_disk - {"__init__", "common"} == set(CONFIG_VARIANTS)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIG_VARIANTS))
+def test_every_config_and_variant_builds(name):
+    """``get_config(arg)`` for the default and each variant; an unknown variant is an error."""
+    module = importlib.import_module(f"configs.{name}")
+    for arg in [None, *CONFIG_VARIANTS[name]]:
+        config = module.get_config(arg)
+        assert config.model.name and config.objective.name and config.optimizer.name
+        assert config.eval.samplers and all("name" in s for s in config.eval.samplers)
+    with pytest.raises(ValueError, match="unknown variant 'bogus'"):
+        module.get_config("bogus")
+
+
+def test_add_recipe_from_the_shared_helpers():
+    """The ImageNet ADD recipe (SPEC 2) as written out, and its ViT baseline on the same one."""
+    add = importlib.import_module("configs.imagenet_add_vitb16").get_config()
+    vit = importlib.import_module("configs.imagenet_vitb16").get_config()
+    recipe = {"name": "adamw", "lr": 1e-4, "warmup_steps": 6255, "weight_decay": 0.3,
+              "grad_clip": 3.0}  # fmt: skip
+    assert add.optimizer.to_dict() == vit.optimizer.to_dict() == recipe
+    assert add.objective.to_dict() == {
+        "name": "add", "schedule": "cosine", "num_timesteps": 0, "feature_reuse": 4,
+        "cond_drop_prob": 0.1, "use_coefficient": True, "lambda_hot": 1.0, "loss": "cross_entropy",
+    }  # fmt: skip

@@ -14,9 +14,26 @@ interpolation and antialiasing match what timm produces from the same PIL image.
 """
 
 import math
+import os
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
+
+from didiff_jax.checks import InputError
+
+# ------------------------------------------------------------------------------------ reading
+
+
+def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
+    """An image file as uint8 [H, W, channels] (1: PIL's grey "L", 3: "RGB"); an unreadable file
+    raises :class:`~didiff_jax.checks.InputError` (a ``ValueError``) naming it."""
+    try:
+        with Image.open(path) as im:
+            image = np.asarray(im.convert("L" if channels == 1 else "RGB"), np.uint8)
+    except (OSError, Image.DecompressionBombError) as e:
+        raise InputError(f"{path}: not a readable image ({e})") from None
+    return image.reshape(image.shape[:2] + (channels,))
+
 
 # ------------------------------------------------------------------------------ PIL round trip
 

@@ -49,6 +49,7 @@ import numpy as np
 from PIL import Image
 
 from didiff_jax.checks import InputError, MissingInputError
+from didiff_jax.data import augment, fashion_mnist
 
 PAD, END, UNK = "<pad>", "<end>", "<unk>"
 SPECIALS = (PAD, END, UNK)
@@ -178,17 +179,6 @@ def read_coco_captions(path: str | os.PathLike) -> tuple[list[dict], dict[int, l
     return kept, dict(by_id)
 
 
-def read_image(path: pathlib.Path, channels: int) -> np.ndarray:
-    """uint8 [H, W, channels] (grayscale or RGB); an unreadable file raises naming it."""
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            image = np.asarray(im, np.uint8)
-    except (OSError, Image.DecompressionBombError) as e:
-        raise InputError(f"{path}: not a readable image ({e})") from None
-    return image.reshape(image.shape[:2] + (channels,))
-
-
 class CaptionSource:
     """Random access over one split of a COCO-format caption set.
 
@@ -234,7 +224,7 @@ class CaptionSource:
 
     def __getitem__(self, k: int) -> dict:
         i, j = self.pairs[k] if self.per == "caption" else (k, 0)
-        record = {"image": read_image(self.path(int(i)), self.channels),
+        record = {"image": augment.read_image(self.path(int(i)), self.channels),
                   "tokens": self.tokenizer.encode(self.captions[i][j], self.seq_len)}  # fmt: skip
         if self.per == "image":
             record["index"] = np.int32(i)
@@ -371,8 +361,6 @@ def generate_fashion_grid(out_dir: str | os.PathLike, *, seed: int = 0, num_trai
     Deterministic: the same arguments give the same files, byte for byte. The set is written to a
     temporary sibling and renamed into place, so concurrent writers cannot leave a partial set.
     """
-    from didiff_jax.data import fashion_mnist
-
     out = pathlib.Path(out_dir)
     params = {"generator": "fashion_grid", "seed": seed, "num_train": num_train,
               "num_test": num_test, "refs_per_image": refs_per_image}  # fmt: skip

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from didiff_jax.checks import InputError, check_labels
-from didiff_jax.data import augment, captions, corruptions, fashion_mnist
+from didiff_jax.data import augment, captions, corruptions, fashion_mnist, imagenet
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -78,8 +78,6 @@ def load_source(cfg: ml_collections.ConfigDict, split: str):
     if cfg.name in captions.DATA_NAMES:  # records carry "tokens" [N] (and "index" for 'test')
         return captions.load_source(cfg, split)
     if cfg.name in ("imagenet_tfds", "imagenet_folder"):
-        from didiff_jax.data import imagenet  # TFDS import only when ImageNet is asked for
-
         tfds_split = "train" if split == "train" else "validation"
         if cfg.name == "imagenet_tfds":
             return imagenet.imagenet_tfds(tfds_split, cfg.get("data_dir") or None)
@@ -112,8 +110,6 @@ def check_data(cfg: ml_collections.ConfigDict, splits: tuple[str, ...] = ("train
     if cfg.name == "fashion_mnist":
         fashion_mnist.check(cfg.get("data_dir") or None, splits)
     elif cfg.name == "imagenet_folder":
-        from didiff_jax.data import imagenet
-
         _require_folder_root(cfg)
         imagenet.check_folder(cfg.root, ["train" if s == "train" else "val" for s in splits])
     elif cfg.name == "coco_captions":
@@ -139,8 +135,6 @@ def dataset_info(cfg: ml_collections.ConfigDict) -> DataInfo:
         vocab, (mean, std) = captions.tokenizer_for(cfg).vocab, captions.mean_std(cfg)
         return DataInfo(len(vocab), vocab, (res, res, int(cfg.channels)), mean, std)
     if cfg.name in ("imagenet_tfds", "imagenet_folder"):
-        from didiff_jax.data import imagenet
-
         names = tuple(imagenet.class_names(load_source(cfg, "train")))
         return DataInfo(len(names), names, (res, res, 3), IMAGENET_MEAN, IMAGENET_STD)
     raise InputError(f"data.name must be one of {DATA_NAMES}, got {cfg.name!r}")
@@ -154,6 +148,29 @@ def class_subset(labels: np.ndarray, ratio: float, seed: int) -> np.ndarray:
         idx = np.flatnonzero(labels == c)
         keep.append(rng.choice(idx, size=max(1, int(len(idx) * ratio)), replace=False))
     return np.sort(np.concatenate(keep))
+
+
+def training_indices(cfg: ml_collections.ConfigDict, source) -> np.ndarray | None:
+    """The indices of ``source`` (the train split) that training reads, or None for all of them:
+    the split without its last ``cfg.holdout`` examples (kept apart, e.g. to fit a temperature),
+    then the class-balanced ``cfg.train_ratio`` subset of those."""
+    holdout = int(cfg.get("holdout", 0) or 0)
+    ratio = cfg.get("train_ratio", 1.0)
+    if not holdout and ratio >= 1.0:
+        return None
+    if holdout >= len(source):
+        raise InputError(f"data.holdout={holdout}: the train split has only {len(source)} examples")
+    kept = np.arange(len(source) - holdout)
+    if ratio < 1.0:
+        labels = labels_of(source)[kept] if holdout else labels_of(source)
+        kept = kept[class_subset(labels, ratio, cfg.get("ratio_seed", 0))]
+    return kept
+
+
+def holdout_indices(cfg: ml_collections.ConfigDict, source) -> np.ndarray:
+    """The last ``cfg.holdout`` indices of the train split: examples training never reads."""
+    holdout = int(cfg.get("holdout", 0) or 0)
+    return np.arange(len(source) - holdout, len(source))
 
 
 def labels_of(source) -> np.ndarray:
@@ -255,11 +272,9 @@ def train_dataset(cfg: ml_collections.ConfigDict, info: DataInfo, *, global_batc
         raise InputError(f"batch size {global_batch_size} is not divisible by {P} processes")
     source = load_source(cfg, "train") if source is None else source
     _check_source_labels(source, info.num_classes, "train")
-    ratio = cfg.get("train_ratio", 1.0)
-    if ratio < 1.0:
-        source = IndexedSource(
-            source, class_subset(labels_of(source), ratio, cfg.get("ratio_seed", 0))
-        )
+    kept = training_indices(cfg, source)
+    if kept is not None:
+        source = IndexedSource(source, kept)
     ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
     ds = ds.random_map(lambda r, rng: preprocess_train(r, rng, cfg, info))
     # Blocks of B / P consecutive examples; process p takes blocks p, p + P, ...: the p-th block of

@@ -4,8 +4,9 @@ SPEC section 2, "Multi-token": each of the N tokens of a caption is diffused ind
 vocabulary of V words, and one Transformer denoises all N positions in parallel, with the image
 injected through self-attention:
 
-* ``encode(images) -> cond`` [B, L, width]: a small ViT-style patch encoder (patch conv + learned
-  position embeddings + ``encoder_depth`` pre-norm blocks + LayerNorm), run once per image.
+* ``encode(images) -> cond`` [B, L, width]: ``vit.ViTEncoder`` without class tokens (patch conv +
+  learned position embeddings + ``encoder_depth`` pre-norm blocks + LayerNorm), run once per image;
+  its parameters sit under ``encoder``.
 * ``denoise(x_t, t, cond) -> logits`` [B, N, V]: the N noisy tokens are embedded
   (``input_kind="onehot"``, TDD: Gaussian-noised one-hot vectors [B, N, V] through ``Linear(V -> width)``;
   ``input_kind="tokens"``, MDD: ints [B, N] in [0, V], V = mask token, through ``Embed(V + 1, width)``),
@@ -30,8 +31,8 @@ from didiff_jax.models.layers import build_with_overrides, sinusoidal_embedding
 from didiff_jax.models.vit import (
     Builder,
     LayerNorm32,
-    PatchEmbed,
     TransformerBlock,
+    ViTEncoder,
     check_compute_dtype,
     dense,
     embed_init,
@@ -70,23 +71,19 @@ class CaptionDenoiser(nnx.Module):
         self.input_kind = input_kind
         self.dtype = dtype
 
-        def block() -> TransformerBlock:
-            return TransformerBlock(
-                width, num_heads, mlp_ratio, dtype=dtype, dropout=dropout, rngs=rngs
-            )
-
-        # Image encoder.
-        self.patch_embed = PatchEmbed(
+        self.encoder = ViTEncoder(  # no class tokens: every image token is part of the condition
             patch_size=patch_size,
             image_size=image_size,
             in_channels=in_channels,
             width=width,
+            depth=encoder_depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            dropout=dropout,
             dtype=dtype,
             rngs=rngs,
         )
-        self.encoder_blocks = nnx.List([block() for _ in range(encoder_depth)])
-        self.encoder_norm = LayerNorm32(width, rngs=rngs)
-        num_image_tokens = self.patch_embed.num_patches
+        num_image_tokens = self.encoder.patch_embed.num_patches
         self.null_tokens = nnx.Param(embed_init(rngs.params(), (num_image_tokens, width)))
 
         # Token denoiser.
@@ -104,16 +101,20 @@ class CaptionDenoiser(nnx.Module):
         self.token_pos = nnx.Param(embed_init(rngs.params(), (seq_len, width)))
         self.time_fc1 = dense(256, width, dtype=dtype, rngs=rngs)
         self.time_fc2 = dense(width, width, dtype=dtype, rngs=rngs)
-        self.blocks = nnx.List([block() for _ in range(depth)])
+        self.blocks = nnx.List(
+            [
+                TransformerBlock(
+                    width, num_heads, mlp_ratio, dtype=dtype, dropout=dropout, rngs=rngs
+                )
+                for _ in range(depth)
+            ]
+        )
         self.norm = LayerNorm32(width, rngs=rngs)
         self.out = dense(width, num_classes, dtype=dtype, rngs=rngs, zero=True)
 
     def encode(self, images: jax.Array, *, train: bool = False) -> jax.Array:
         """Image tokens [B, L, width] (float32), computed once per image."""
-        x = self.patch_embed(images)  # [B, L, W]
-        for blk in self.encoder_blocks:
-            x = blk(x, train=train)
-        return self.encoder_norm(x).astype(jnp.float32)
+        return self.encoder(images, train=train).astype(jnp.float32)  # [B, L, W]
 
     def null_condition(self, batch_size: int) -> jax.Array:
         """The learned null image tokens broadcast to [batch_size, L, width] (float32)."""

@@ -1,9 +1,12 @@
 """Vision Transformers (Flax NNX): the standard ViT classifier and the ADD/TDD classifier ``AddViT``.
 
-``ViT`` is the usual pre-norm ViT (patch-embedding conv, learned position embeddings, a cls token,
-``depth`` blocks of LayerNorm(eps 1e-6) -> MHSA and LayerNorm -> MLP(GELU), final LayerNorm, linear
-head on the cls token). ViT-B/16 at K = 1000 has 86,566,888 parameters (86.6M, measured with
-``nnx.eval_shape``); timm's layout has 768 more (a position embedding for the cls token too).
+``ViTEncoder`` is the image encoder of every ViT here (``ViT``, ``AddViT`` and the caption denoiser
+of ``captioner.py``): the usual pre-norm ViT (patch-embedding conv, learned position embeddings,
+optional learned class tokens, ``depth`` blocks of LayerNorm(eps 1e-6) -> MHSA and LayerNorm ->
+MLP(GELU), final LayerNorm). ``ViT`` adds a linear head on its cls token. ViT-B/16 at K = 1000 has
+86,566,888 parameters (86.6M, measured with ``nnx.eval_shape``); timm's layout has 768 more (a
+position embedding for the cls token too). The encoder's parameters sit under ``encoder``
+(``encoder/patch_embed/...``, ``encoder/class_tokens``, ``encoder/blocks/<i>/...``, ``encoder/norm``).
 
 ``AddViT`` is the ADD/TDD network of SPEC section 2: an image encoder that produces a condition
 ``c`` [B, D] once per image, and a small diffusion head ``f(y_t, t, c) -> K logits`` that runs at
@@ -35,6 +38,7 @@ embed_init = nnx.initializers.normal(0.02)  # position embeddings, class tokens,
 
 
 def check_compute_dtype(dtype: Any) -> jnp.dtype:
+    """``dtype`` as a ``jnp.dtype``; only float32 and bfloat16 are compute dtypes here."""
     dtype = jnp.dtype(dtype)
     if dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
         raise ValueError(f"dtype must be float32 or bfloat16, got {dtype}")
@@ -183,14 +187,111 @@ class PatchEmbed(nnx.Module):
         return x + self.pos_embed[...].astype(x.dtype)
 
 
+class ViTEncoder(nnx.Module):
+    """The ViT image encoder shared by ``ViT``, ``AddViT`` and the caption denoiser.
+
+    ``encoder(images [B, H, W, C], *, train) -> tokens [B, T + L, width]`` in the compute dtype:
+    patch conv + learned position embeddings (``PatchEmbed``), ``depth`` pre-norm blocks, final
+    LayerNorm. ``T = num_prefix_tokens`` learned tokens (``class_tokens`` [T, width]; a ViT's cls
+    token, ADD's class tokens) are prepended to the L patch tokens before block ``prefix_at``: 0 for
+    the ViT classifier, ``depth - cond_depth`` for ADD, whose first blocks see only the image.
+    ``embed_dropout`` drops the embedded patches (timm's ``pos_drop``); with ``drop_prefix`` (the
+    ViT, as timm; needs ``prefix_at=0``) the class tokens are prepended first and dropped with them,
+    otherwise (ADD) they join after the dropout.
+
+    One module for the three networks, so that a change to the encoder reaches all of them. The
+    parameters are created in the order they are used (patch embedding, the blocks before the
+    prefix, the class tokens, the other blocks, norm): that order fixes which key of ``rngs`` each
+    one draws, so a seed gives the same parameters as when each network built its own encoder.
+    ``prefix_init`` is the class tokens' initialiser; ``None`` gives zeros without drawing a key
+    (big_vision's cls token).
+    """
+
+    def __init__(
+        self,
+        *,
+        patch_size: int,
+        image_size: int,
+        in_channels: int,
+        width: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float,
+        dropout: float,
+        dtype: Any,
+        embed_dropout: float = 0.0,
+        num_prefix_tokens: int = 0,
+        prefix_at: int = 0,
+        prefix_init: nnx.Initializer | None = None,
+        drop_prefix: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        dtype = check_compute_dtype(dtype)
+        if not 0 <= prefix_at <= depth:
+            raise ValueError(f"prefix_at must be in [0, depth={depth}], got {prefix_at}")
+        if drop_prefix and prefix_at != 0:
+            raise ValueError(f"drop_prefix needs prefix_at=0, got prefix_at={prefix_at}")
+        self.prefix_at = prefix_at
+        self.drop_prefix = drop_prefix
+        self.patch_embed = PatchEmbed(
+            patch_size=patch_size,
+            image_size=image_size,
+            in_channels=in_channels,
+            width=width,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.embed_drop = _MaybeDropout(embed_dropout, rngs=rngs)
+
+        def block() -> TransformerBlock:
+            return TransformerBlock(
+                width, num_heads, mlp_ratio, dtype=dtype, dropout=dropout, rngs=rngs
+            )
+
+        blocks = [block() for _ in range(prefix_at)]
+        shape = (num_prefix_tokens, width)
+        if num_prefix_tokens == 0:
+            self.class_tokens = None
+        elif prefix_init is None:
+            self.class_tokens = nnx.Param(jnp.zeros(shape, jnp.float32))
+        else:
+            self.class_tokens = nnx.Param(prefix_init(rngs.params(), shape))
+        self.blocks = nnx.List(blocks + [block() for _ in range(depth - prefix_at)])
+        self.norm = LayerNorm32(width, rngs=rngs)
+
+    def _prepend(self, x: jax.Array) -> jax.Array:
+        """``[class tokens, x]``: [B, L, D] -> [B, T + L, D]."""
+        if self.class_tokens is None:
+            return x
+        tokens = self.class_tokens[...].astype(x.dtype)  # [T, D]
+        tokens = jnp.broadcast_to(tokens, (x.shape[0],) + tokens.shape)  # [B, T, D]
+        return jnp.concatenate([tokens, x], axis=1)
+
+    def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
+        """Normalised tokens [B, T + L, D], class tokens first, in the compute dtype."""
+        k = self.prefix_at
+        x = self.patch_embed(images)  # [B, L, D]
+        if self.drop_prefix:
+            x = self._prepend(x)  # [B, T + L, D]
+        x = self.embed_drop(x, train=train)
+        for block in self.blocks[:k]:
+            x = block(x, train=train)
+        if not self.drop_prefix:
+            x = self._prepend(x)  # [B, T + L, D]
+        for block in self.blocks[k:]:
+            x = block(x, train=train)
+        return self.norm(x)  # [B, T + L, D]
+
+
 # ------------------------------------------------------------------------------------ ViT
 
 
 class ViT(nnx.Module):
     """Standard ViT classifier: ``model(images [B, H, W, C], *, train) -> float32 logits [B, K]``.
 
-    Patch conv + learned position embeddings, a cls token prepended, ``depth`` pre-norm blocks,
-    final LayerNorm, linear head (zero-initialised, as in big_vision) on the cls token.
+    ``ViTEncoder`` (patch conv + learned position embeddings, a zero-initialised cls token
+    prepended, ``depth`` pre-norm blocks, final LayerNorm), then a linear head (zero-initialised, as
+    in big_vision) on the cls token.
     """
 
     def __init__(
@@ -209,34 +310,25 @@ class ViT(nnx.Module):
         rngs: nnx.Rngs,
     ):
         dtype = check_compute_dtype(dtype)
-        self.patch_embed = PatchEmbed(
+        self.encoder = ViTEncoder(
             patch_size=patch_size,
             image_size=image_size,
             in_channels=in_channels,
             width=width,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            dropout=dropout,
             dtype=dtype,
+            embed_dropout=dropout,
+            num_prefix_tokens=1,  # the cls token, zero-initialised, before the first block
+            drop_prefix=True,
             rngs=rngs,
         )
-        self.cls_token = nnx.Param(jnp.zeros((1, width), jnp.float32))
-        self.pos_drop = _MaybeDropout(dropout, rngs=rngs)
-        self.blocks = nnx.List(
-            [
-                TransformerBlock(
-                    width, num_heads, mlp_ratio, dtype=dtype, dropout=dropout, rngs=rngs
-                )
-                for _ in range(depth)
-            ]
-        )
-        self.norm = LayerNorm32(width, rngs=rngs)
         self.head = dense(width, num_classes, dtype=dtype, rngs=rngs, zero=True)
 
     def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
-        x = self.patch_embed(images)  # [B, L, D]
-        cls = jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
-        x = self.pos_drop(jnp.concatenate([cls, x], axis=1), train=train)  # [B, 1 + L, D]
-        for block in self.blocks:
-            x = block(x, train=train)
-        x = self.norm(x)
+        x = self.encoder(images, train=train)  # [B, 1 + L, D]
         return self.head(x[:, 0]).astype(jnp.float32)  # [B, K]
 
 
@@ -310,7 +402,7 @@ class AddViT(nnx.Module):
 
     Layout (SPEC section 2):
 
-    * Encoder: a ViT of ``depth`` pre-norm blocks without head. The first ``depth - cond_depth``
+    * Encoder (``ViTEncoder``): a ViT of ``depth`` pre-norm blocks without head. The first ``depth - cond_depth``
       blocks see only the image tokens (patch conv + learned position embeddings); then
       ``num_class_tokens`` learnable class tokens are prepended and the last ``cond_depth`` blocks
       (default 2) run on ``[class tokens, image tokens]``; final LayerNorm. ``c`` [B, D] is the mean
@@ -363,25 +455,22 @@ class AddViT(nnx.Module):
         self.num_classes = num_classes
         self.cond_pool = cond_pool
         self.num_class_tokens = num_class_tokens
-        self.patch_embed = PatchEmbed(
+        self.encoder = ViTEncoder(
             patch_size=patch_size,
             image_size=image_size,
             in_channels=in_channels,
             width=width,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            dropout=dropout,
             dtype=dtype,
+            embed_dropout=dropout,
+            num_prefix_tokens=num_class_tokens,
+            prefix_at=depth - cond_depth,  # the last cond_depth blocks see the class tokens
+            prefix_init=embed_init,
             rngs=rngs,
         )
-        self.pos_drop = _MaybeDropout(dropout, rngs=rngs)
-
-        def block() -> TransformerBlock:
-            return TransformerBlock(
-                width, num_heads, mlp_ratio, dtype=dtype, dropout=dropout, rngs=rngs
-            )
-
-        self.blocks = nnx.List([block() for _ in range(depth - cond_depth)])
-        self.class_tokens = nnx.Param(embed_init(rngs.params(), (num_class_tokens, width)))
-        self.cond_blocks = nnx.List([block() for _ in range(cond_depth)])
-        self.norm = LayerNorm32(width, rngs=rngs)
         self.null_cond = nnx.Param(embed_init(rngs.params(), (width,)))
         self.head = DiffusionHead(
             num_classes=num_classes,
@@ -394,19 +483,9 @@ class AddViT(nnx.Module):
 
     def encode(self, images: jax.Array, *, train: bool = False) -> jax.Array:
         """Image condition ``c`` [B, D] (float32), computed once per image."""
-        x = self.pos_drop(self.patch_embed(images), train=train)  # [B, L, D]
-        for blk in self.blocks:
-            x = blk(x, train=train)
-        B, _, D = x.shape
-        cls = jnp.broadcast_to(
-            self.class_tokens[...].astype(x.dtype), (B, self.num_class_tokens, D)
-        )
-        x = jnp.concatenate([cls, x], axis=1)  # [B, T + L, D]
-        for blk in self.cond_blocks:
-            x = blk(x, train=train)
-        x = self.norm(x).astype(jnp.float32)
+        x = self.encoder(images, train=train).astype(jnp.float32)  # [B, T + L, D]
         T = self.num_class_tokens
-        pooled = x[:, :T] if self.cond_pool == "cls" else x[:, T:]
+        pooled = x[:, :T] if self.cond_pool == "cls" else x[:, T:]  # [B, T or L, D]
         return jnp.mean(pooled, axis=1)  # [B, D]
 
     def null_condition(self, batch_size: int) -> jax.Array:
