@@ -96,3 +96,20 @@ def test_ood_sets_keep_shape_and_range():
         assert out.shape == images.shape and out.dtype == np.uint8
     np.testing.assert_array_equal(corruptions_c.ood_images(images, "inverted"), 255 - images)
     np.testing.assert_array_equal(corruptions_c.ood_images(images, "flipped")[:, 0], images[:, -1])
+
+
+def test_the_docs_table_is_made_from_the_archived_results():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "uncertainty_table.py"
+    spec = importlib.util.spec_from_file_location("uncertainty_table", path)
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    archived = sorted(table.ARCHIVE.glob("*.json"))
+    assert archived, "benchmarks/results/uncertainty/ holds the docs' results"
+    result = json.loads(archived[0].read_text())
+    run, baseline = table.rows(result, "0")
+    assert run["mCE"] == f"{100 * result['corruptions']['mce']:.2f}" and baseline["mCE"] == "100.00"
+    text = table.markdown([run, baseline])
+    assert text.count("\n") == len(run) - 2 + 1  # a header, a rule, a row per figure

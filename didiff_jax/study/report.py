@@ -151,7 +151,7 @@ def report_markdown(grid: Grid, found: dict[Cell, dict], summary: dict,
         where = "; ".join(f"{n} run{'s' * (n > 1)} on {m.replace(';', ',')}"
                           for m, n in sorted(machines.items()))  # fmt: skip
         lines.append(f"Wall-clock of the runs: {hours(train_s)} training, {hours(eval_s)} "
-                     f"evaluation (sum over runs; a resumed run counts its last session only); "
+                     f"evaluation (sum over runs; a resumed run counts the time after its last resume); "
                      f"{where}.")  # fmt: skip
         lines.append("")
 
