@@ -49,7 +49,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the configs package lives at the repository root
     sys.path.insert(0, str(ROOT))
 
-from didiff_jax import distributed, losses, optim, samplers, sharding, train  # noqa: E402
+from didiff_jax import distributed, losses, optim, samplers, sharding, state, train  # noqa: E402
 from didiff_jax.data import pipeline  # noqa: E402
 from didiff_jax.study.io import write_block, write_json  # noqa: E402
 from didiff_jax.study.roofline import (  # noqa: E402
@@ -88,7 +88,7 @@ def train_step_program(config: ml_collections.ConfigDict, info: pipeline.DataInf
     ``config``. ``abstract``: the batch as shapes only (to lower and count, not to run)."""
     mesh = sharding.make_mesh(data=1, fsdp=1, devices=jax.devices()[:1])
     tx, _ = optim.make_optimizer(config.optimizer, 1000)
-    graphdef, _, _, init_fn = train.init_train_state(config, info, tx, mesh, [])
+    graphdef, _, _, init_fn = state.init_train_state(config, info, tx, mesh, [])
     loss_fn = losses.make_objective(config.objective, info.num_classes)
     step = jax.jit(
         train.make_train_step(graphdef, loss_fn, tx, config.get("ema_decay", 0.0)),
@@ -195,7 +195,7 @@ def study_networks(num_classes: int):
         info = pipeline.dataset_info(config.data)
         info = pipeline.DataInfo(num_classes, tuple(map(str, range(num_classes))),
                                  info.image_shape, info.mean, info.std)  # fmt: skip
-        nets[name] = (train.build_model(config, info, nnx.Rngs(0)), config, info)
+        nets[name] = (state.build_model(config, info, nnx.Rngs(0)), config, info)
     return nets
 
 
@@ -343,17 +343,17 @@ def projection(args) -> Iterator[dict]:
              **roofline(cost["flops"], cost["bytes"], peak_flops=gpu["peak_flops"],
                         bandwidth=gpu["bandwidth"])}]  # fmt: skip
 
-    model = train.build_model(config, info, nnx.Rngs(0))
-    graphdef, state = nnx.split(model)
+    model = state.build_model(config, info, nnx.Rngs(0))
+    graphdef, weights = nnx.split(model)
     images = jax.ShapeDtypeStruct((batch, 224, 224, 3), jnp.float32)
 
     def lower_chain(S):
-        def chain(state, images, key):
-            m = nnx.merge(graphdef, state)
+        def chain(weights, images, key):
+            m = nnx.merge(graphdef, weights)
             return samplers.cp_sample(lambda i, x, s: m(i, x, s, train=False), images, key,
                                       num_classes=1000, num_steps=S, method="euler")  # fmt: skip
 
-        return jax.jit(chain).lower(state, images, jax.random.key(0))
+        return jax.jit(chain).lower(weights, images, jax.random.key(0))
 
     cost = chain_cost(lower_chain, 8)
     rows.append({"part": "project", "what": "DiDiRN-50 CP-8 chain (euler), 224 px, bfloat16",
