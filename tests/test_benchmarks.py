@@ -12,6 +12,7 @@ import json
 import pathlib
 import sys
 
+import jax
 import pytest
 
 from didiff_jax.study.grid import GRIDS, report_grid
@@ -152,3 +153,14 @@ def test_official_speed_table_and_missing_anchors(tmp_path):
     assert table.startswith("AMD EPYC, 2 cores, AVX-512; 2 threads")
     with pytest.raises(SystemExit, match="no official_step_speed.py"):
         bench.main(["--anchors", str(tmp_path)])
+
+
+def test_throughput_builds_the_library_programs_it_times(tp):
+    """The benchmark's entry points into the library (models, train state, train step) as they
+    are now: built and lowered, not run (the benchmark's numbers are its own)."""
+    nets = tp.study_networks(10)
+    assert set(nets) == {"didicm", "add"}
+    config, info = nets["didicm"][1], nets["didicm"][2]
+    config.model.width = 8
+    step, init, batch = tp.train_step_program(config, info, 4, abstract=True)
+    assert callable(init) and step.lower(jax.eval_shape(init), batch) is not None
