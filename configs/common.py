@@ -48,6 +48,7 @@ def fashion_mnist_data(**overrides) -> dict:
         "train_ratio": 1.0,
         "ratio_seed": 0,
         "holdout": 0,  # the last N training examples are never trained on (:uncertainty: 5000)
+        "classes": (),  # (): all 10; else the kept classes, relabelled 0.. (:heldout)
         "num_threads": 2,
         "augment": {
             "crop": "pad",
@@ -221,11 +222,23 @@ def uncertainty(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
+HELDOUT_CLASSES = (0, 1, 2, 3, 4)
+"""The classes the ``heldout`` variant trains on (T-shirt/top, trouser, pullover, dress, coat);
+sandal, shirt, sneaker, bag and ankle boot are then out of distribution."""
+
+
+def heldout(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Train and test on ``HELDOUT_CLASSES`` only; with ``uncertainty``, the other five classes'
+    test images are one more OOD set (``heldout``)."""
+    c.data.classes = HELDOUT_CLASSES
+    return c
+
+
 def fashion_mnist_variants(**extra) -> dict:
     """The Fashion-MNIST configs' variants: ``smoke``, ``noise=S`` (Gaussian noise of severity S on
     train and test images), ``blur=S``, ``lowres=S`` (downsample-then-upsample), ``ratio=R``
     (keep a fraction R of the training data per class), ``uncertainty`` (the uncertainty
-    benchmark), plus the config's own."""
+    benchmark), ``heldout`` (train on five classes; the others are OOD), plus the config's own."""
 
     def corruption(kind):
         return lambda c, s: c.data.corruption.update(kind=kind, severity=int(s))
@@ -237,5 +250,6 @@ def fashion_mnist_variants(**extra) -> dict:
         "lowres": corruption("downsample"),
         "ratio": lambda c, r: c.data.update(train_ratio=float(r)),
         "uncertainty": uncertainty,
+        "heldout": heldout,
         **extra,
     }

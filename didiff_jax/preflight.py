@@ -116,11 +116,21 @@ def _check_names(config, evaluates: bool) -> None:
                              f"{objective!r}: expected one of {SAMPLERS[objective]}")  # fmt: skip
 
 
-def _check_uncertainty(config) -> None:
-    """``eval.uncertainty`` (the uncertainty benchmark) and the ``data.holdout`` it fits on."""
+def _check_data_subset(config) -> None:
+    """``data.holdout`` (training examples kept apart) and ``data.classes`` (a class subset)."""
     holdout = config.data.get("holdout", 0)
     if not _is_int(holdout) or holdout < 0:
         raise InputError(f"config.data.holdout={holdout!r}: expected an integer >= 0")
+    classes = tuple(config.data.get("classes") or ())
+    if classes and (config.data.get("name") not in ("fashion_mnist", "fashion_mnist_tfds")
+                    or len(set(classes)) != len(classes) or len(classes) < 2
+                    or not all(_is_int(k) and 0 <= k < 10 for k in classes)):  # fmt: skip
+        raise InputError(f"config.data.classes={classes!r}: expected () or at least 2 distinct "
+                         "Fashion-MNIST classes in 0..9")  # fmt: skip
+
+
+def _check_uncertainty(config) -> None:
+    """``eval.uncertainty``: the uncertainty benchmark's names and counts."""
     u = config.eval.get("uncertainty")
     if not u:
         return
@@ -158,6 +168,7 @@ def check_config(config, *, mode: str, device_count: int, process_count: int = 1
     if mode in ("train", "eval"):
         _check_mesh(config, device_count)
         _check_names(config, evaluates)
+        _check_data_subset(config)
     if mode == "train":
         batch = _positive_int(config, "batch_size")
         steps = config.get("num_steps", 0)

@@ -9,7 +9,9 @@ What the field reports for a classifier's uncertainty, for the run and for each 
   relative mCE against the first baseline (Hendrycks & Dietterich 2019), and mCE against chance
   (errors over ``1 - 1/K``, so a run alone has a scale too).
 * **OOD detection** against synthetic sets made from the same test images
-  (``corruptions_c.ood_images``: ``noise``, ``inverted``, ``flipped``): AUROC, AUPR-Out/In and FPR at
+  (``corruptions_c.ood_images``: ``noise``, ``inverted``, ``flipped``) and, for a run trained on a
+  subset of the classes (``data.classes``, the ``heldout`` variant), the other classes' test images
+  (``heldout``): AUROC, AUPR-Out/In and FPR at
   95% TPR for the scores ``max_probability`` (negated), ``entropy``, and from
   ``num_samples`` independent draws of the sampler, ``disagreement`` and ``mutual_information``.
 * **Selective prediction**: AURC, E-AURC, accuracy at 90% and 95% coverage (confidence: the
@@ -174,8 +176,11 @@ def assess(trained: api.Trained, config: ml_collections.ConfigDict) -> dict[str,
     }  # fmt: skip
     scores_in = _ood_scores(readout, draws)
     out["ood"] = {}
-    for kind in u.get("ood", corruptions_c.OOD_SETS):
-        other = corruptions_c.ood_images(images, kind, predict.seed)
+    sets = {kind: corruptions_c.ood_images(images, kind, predict.seed)
+            for kind in u.get("ood", corruptions_c.OOD_SETS)}  # fmt: skip
+    if config.data.get("classes"):  # the test images of the classes the run never saw
+        sets["heldout"] = pipeline.held_out_classes(config.data, "test")[: len(images)]
+    for kind, other in sets.items():
         _, other_readout = predict(other)
         scores_out = _ood_scores(other_readout, predict.draws(other))
         out["ood"][kind] = {name: uncertainty.ood_metrics(scores_in[name], scores_out[name])

@@ -246,7 +246,7 @@ def main(*args: str, config: str = "configs/fashion_mnist_resnet.py:smoke", work
          r"\(the config has 16\)"),
         ([], "configs/fashion_mnist_resnet.py:nosuchvariant",
          r"--config=configs/fashion_mnist_resnet\.py:nosuchvariant: unknown variant 'nosuchvariant'; "
-         r"known: blur, lowres, noise, ratio, reference, smoke"),
+         r"known: blur, heldout, lowres, noise, ratio, reference, smoke, uncertainty$"),
         ([], "configs/nosuch.py", r"no such config file 'configs/nosuch\.py'"),
         (["--mode=fit"], None, r"flag --mode=fit: value should be one of <train\|eval\|predict>"),
         (["--config.optimizer.lrr=0.1"], None,

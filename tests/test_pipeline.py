@@ -187,3 +187,21 @@ def test_tfds_fashion_mnist_unprepared_says_how_to_prepare(tmp_path):
         FileNotFoundError, match="tfds build fashion_mnist --file_format=array_record"
     ):
         fashion_mnist.load_tfds("train", data_dir=str(tmp_path))
+
+
+@needs_data
+def test_a_class_subset_is_relabelled_and_the_rest_held_out():
+    """``data.classes``: only those classes, relabelled in the given order; the others are the
+    held-out-classes OOD set."""
+    cfg = data_config()
+    images, labels = fashion_mnist.load("test")
+    cfg.classes = (7, 2)
+    info = pipeline.dataset_info(cfg)
+    assert info.num_classes == 2 and info.class_names == ("Sneaker", "Pullover")
+    src = pipeline.load_source(cfg, "test")
+    assert len(src) == np.isin(labels, (7, 2)).sum()
+    np.testing.assert_array_equal(src.images, images[np.isin(labels, (7, 2))])
+    np.testing.assert_array_equal(src.labels, np.where(labels[np.isin(labels, (7, 2))] == 7, 0, 1))
+    held = pipeline.held_out_classes(cfg, "test")
+    assert len(held) + len(src) == len(labels)
+    np.testing.assert_array_equal(held, images[~np.isin(labels, (7, 2))])

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from configs import fashion_mnist_didirn
+from configs import fashion_mnist_didirn, fashion_mnist_resnet
 from didiff_jax import main, preflight, uncertainty_stats
 from didiff_jax.checks import InputError
 from didiff_jax.data import corruptions_c
@@ -67,6 +67,21 @@ def test_the_benchmark_writes_every_figure_and_mce_against_the_baseline(smoke_ru
         assert (workdir / "plots" / f"{name}.png").stat().st_size > 0
 
 
+def test_a_run_on_five_classes_has_the_other_five_as_an_ood_set(smoke_run, tmp_path):
+    """``:heldout``: trained on classes 0-4, the other classes' test images are OOD."""
+    workdir = tmp_path / "run"
+    classes = {"data.classes": (0, 1, 2, 3, 4)}
+    shutil.copytree(smoke_run("fashion_mnist_resnet", trained=False, **classes), workdir)
+    config = fashion_mnist_resnet.get_config("smoke,uncertainty,heldout")
+    config.eval.uncertainty.update(corruptions=CORRUPTIONS[:1], severities=(1,),
+                                   cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    config.eval.corruptions = ()
+    main.evaluate_run(config, str(workdir))
+    u = json.loads((workdir / "eval_results.json").read_text())["uncertainty"]
+    assert set(u["ood"]) == {*corruptions_c.OOD_SETS, "heldout"}
+    assert 0.0 <= u["ood"]["heldout"]["max_probability"]["auroc"] <= 1.0
+
+
 @pytest.mark.parametrize(
     "key,value,match",
     [
@@ -75,6 +90,8 @@ def test_the_benchmark_writes_every_figure_and_mce_against_the_baseline(smoke_ru
         ("eval.uncertainty.severities", (0, 1), "severities has 0"),
         ("eval.uncertainty.max_examples", 0, "max_examples=0"),
         ("data.holdout", -1, "holdout=-1"),
+        ("data.classes", (3, 3), "classes=\\(3, 3\\)"),
+        ("data.classes", (4, 10), "0..9"),
     ],
 )
 def test_bad_uncertainty_settings_fail_before_training(key, value, match, tmp_path):

@@ -70,11 +70,17 @@ class IndexedSource:
 
 
 def load_source(cfg: ml_collections.ConfigDict, split: str):
-    """The random-access source of ``split`` ('train' or 'test') for ``cfg.name``."""
-    if cfg.name == "fashion_mnist":
-        return ArraySource(*fashion_mnist.load(split, cfg.get("data_dir")))
-    if cfg.name == "fashion_mnist_tfds":
-        return ArraySource(*fashion_mnist.load_tfds(split, cfg.get("data_dir") or None))
+    """The random-access source of ``split`` ('train' or 'test') for ``cfg.name``. Fashion-MNIST
+    with ``cfg.classes`` keeps those classes only, relabelled 0..len(classes)-1 in that order."""
+    if cfg.name in ("fashion_mnist", "fashion_mnist_tfds"):
+        images, labels = _fashion_mnist_arrays(cfg, split)
+        classes = tuple(cfg.get("classes") or ())
+        if not classes:
+            return ArraySource(images, labels)
+        kept = np.isin(labels, classes)
+        relabel = np.zeros(10, np.int64)
+        relabel[list(classes)] = np.arange(len(classes))
+        return ArraySource(images[kept], relabel[labels[kept]].astype(labels.dtype))
     if cfg.name in captions.DATA_NAMES:  # records carry "tokens" [N] (and "index" for 'test')
         return captions.load_source(cfg, split)
     if cfg.name in ("imagenet_tfds", "imagenet_folder"):
@@ -95,6 +101,20 @@ def _require_folder_root(cfg: ml_collections.ConfigDict) -> None:
     if not cfg.get("root"):
         raise InputError("data.name='imagenet_folder' needs --config.data.root=DIR "
                          "(DIR/train/<wnid>/*.JPEG, DIR/val/<wnid>/*.JPEG)")  # fmt: skip
+
+
+def _fashion_mnist_arrays(cfg: ml_collections.ConfigDict, split: str):
+    if cfg.name == "fashion_mnist":
+        return fashion_mnist.load(split, cfg.get("data_dir"))
+    return fashion_mnist.load_tfds(split, cfg.get("data_dir") or None)
+
+
+def held_out_classes(cfg: ml_collections.ConfigDict, split: str) -> np.ndarray:
+    """uint8 images [N, H, W, C] of ``split``'s classes that ``cfg.classes`` leaves out (the
+    held-out-classes OOD set); empty when every class is kept."""
+    images, labels = _fashion_mnist_arrays(cfg, split)
+    classes = tuple(cfg.get("classes") or range(10))
+    return images[~np.isin(labels, classes)]
 
 
 def check_data(cfg: ml_collections.ConfigDict, splits: tuple[str, ...] = ("train", "test")) -> None:
@@ -129,8 +149,9 @@ def _check_source_labels(source, num_classes: int, split: str) -> None:
 def dataset_info(cfg: ml_collections.ConfigDict) -> DataInfo:
     res = cfg.image_size
     if cfg.name in ("fashion_mnist", "fashion_mnist_tfds"):
-        return DataInfo(10, fashion_mnist.CLASS_NAMES, (res, res, 1), fashion_mnist.MEAN,
-                        fashion_mnist.STD)  # fmt: skip
+        classes = tuple(cfg.get("classes") or range(10))
+        names = tuple(fashion_mnist.CLASS_NAMES[c] for c in classes)
+        return DataInfo(len(names), names, (res, res, 1), fashion_mnist.MEAN, fashion_mnist.STD)
     if cfg.name in captions.DATA_NAMES:  # classes = the vocabulary of the training captions
         vocab, (mean, std) = captions.tokenizer_for(cfg).vocab, captions.mean_std(cfg)
         return DataInfo(len(vocab), vocab, (res, res, int(cfg.channels)), mean, std)
