@@ -238,7 +238,7 @@ def predictive_entropy(probs: ArrayLike) -> np.ndarray:
     return _entropy(_probs_2d(probs))
 
 
-def _check_samples(samples: ArrayLike) -> tuple[np.ndarray, bool]:
+def check_samples(samples: ArrayLike) -> tuple[np.ndarray, bool]:
     """Returns (samples, is_class_ids): int [S, B] class ids or float [S, B, K] probabilities."""
     a = np.asarray(samples)
     if a.ndim == 2:
@@ -254,7 +254,7 @@ def _check_samples(samples: ArrayLike) -> tuple[np.ndarray, bool]:
     raise ValueError(f"samples must be int [S, B] or float [S, B, K], got shape {a.shape}")
 
 
-def _vote_counts(samples: np.ndarray, is_ids: bool, num_classes: int | None) -> np.ndarray:
+def vote_counts(samples: np.ndarray, is_ids: bool, num_classes: int | None) -> np.ndarray:
     """int [B, K] number of samples whose (arg-max) class is k."""
     ids = samples if is_ids else np.argmax(samples, axis=-1)  # [S, B]
     if num_classes is not None:
@@ -277,8 +277,8 @@ def vote_histogram(samples: ArrayLike, num_classes: int | None = None) -> np.nda
       num_classes: K; defaults to ``max id + 1`` for class ids and to the last axis for
         probabilities.
     """
-    a, is_ids = _check_samples(samples)
-    return _vote_counts(a, is_ids, num_classes) / a.shape[0]
+    a, is_ids = check_samples(samples)
+    return vote_counts(a, is_ids, num_classes) / a.shape[0]
 
 
 def disagreement(samples: ArrayLike) -> np.ndarray:
@@ -286,8 +286,8 @@ def disagreement(samples: ArrayLike) -> np.ndarray:
 
     0 when all S samples agree. For [S, B, K] probabilities each sample votes for its arg-max.
     """
-    a, is_ids = _check_samples(samples)
-    counts = _vote_counts(a, is_ids, None)  # [B, K]
+    a, is_ids = check_samples(samples)
+    counts = vote_counts(a, is_ids, None)  # [B, K]
     return 1.0 - counts.max(axis=-1) / a.shape[0]
 
 
@@ -299,9 +299,9 @@ def mutual_information(samples: ArrayLike) -> np.ndarray:
     per-sample probabilities. Class-id samples [S, B] are one-hot vectors with ``H(p_s) = 0``, so
     their MI is the entropy of the vote histogram. Clipped at 0 against rounding.
     """
-    a, is_ids = _check_samples(samples)
+    a, is_ids = check_samples(samples)
     if is_ids:
-        return _entropy(_vote_counts(a, True, None) / a.shape[0])
+        return _entropy(vote_counts(a, True, None) / a.shape[0])
     mean = a.mean(axis=0)  # [B, K]
     return np.maximum(_entropy(mean) - _entropy(a).mean(axis=0), 0.0)
 

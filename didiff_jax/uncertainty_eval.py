@@ -107,6 +107,9 @@ class _Predictor:
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probs [N, K] of the answer, readout [N, K] for confidence and calibration)."""
+        if inference.readout_name(self.label) == "final":  # no per-step probabilities needed
+            probs = self.trained.predict(images, sampler=self.entry, key=self.seed)
+            return probs, probs
         probs, traj = self.trained.predict(images, sampler=self.entry, key=self.seed,
                                            return_trajectory=True)  # fmt: skip
         readout, _ = inference.calibration_readout(self.label, probs, traj)

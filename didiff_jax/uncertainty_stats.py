@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 from numpy.typing import ArrayLike
 
-from didiff_jax.uncertainty import _check_samples, _vote_counts
+from didiff_jax.uncertainty import check_samples, vote_counts
 
 # ----------------------------------------------------------------------------------------------
 # Corruption robustness (Hendrycks & Dietterich 2019)
@@ -204,19 +204,19 @@ def card_paired_ttest(samples: ArrayLike, alpha: float = 0.05) -> dict[str, np.n
     Returns:
       ``top1``, ``top2`` int [B]; ``t``, ``p_value`` float [B]; ``uncertain`` bool [B].
     """
-    a, is_ids = _check_samples(samples)
+    a, is_ids = check_samples(samples)
     s, b = a.shape[0], a.shape[1]
     if s < 2:
         raise ValueError(f"need at least S = 2 samples, got {s}")
     if is_ids:
         num_classes = max(int(a.max()) + 1, 2)
-        counts = _vote_counts(a, True, num_classes).astype(np.float64)  # [B, K]
+        counts = vote_counts(a, True, num_classes).astype(np.float64)  # [B, K]
         mean_prob = counts / s  # one-hot samples: mean probability = vote fraction
     else:
         num_classes = a.shape[-1]
         if num_classes < 2:
             raise ValueError("need at least K = 2 classes")
-        counts = _vote_counts(a, False, num_classes).astype(np.float64)  # [B, K]
+        counts = vote_counts(a, False, num_classes).astype(np.float64)  # [B, K]
         mean_prob = a.mean(axis=0)  # [B, K]
     cls = np.broadcast_to(np.arange(num_classes), counts.shape)
     # lexsort sorts by the last key first: votes desc, then mean probability desc, then index asc.
