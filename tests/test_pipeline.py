@@ -26,6 +26,9 @@ def make_source(n=60, k=3, size=28):
     return pipeline.ArraySource(images, labels)
 
 
+NO_AUGMENT = {"crop": "none", "flip": False}  # the Fashion-MNIST configs' default
+
+
 def data_config(**augment):
     cfg = ml_collections.ConfigDict(common.fashion_mnist_data())
     cfg.augment.update(augment)
@@ -86,6 +89,57 @@ def test_train_stream_is_deterministic_and_resumable():
     c = stream()
     c.set_state(state)
     np.testing.assert_array_equal(next(c)["image"], want["image"])
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"holdout": 12},
+        {"holdout": 6, "train_ratio": 0.5},
+        {"augment": {"label_smoothing": 0.1, "mixup": 0.2}},
+    ],
+)
+def test_batchwise_reading_equals_per_example_reading(overrides):
+    """Without per-image randomness training reads whole batches of an in-memory source: the
+    batches (examples, order, values, soft targets) equal the per-example path's bit for bit,
+    and the iterator state carries over between the two."""
+    cfg = data_config(**NO_AUGMENT)
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            cfg[key].update(value)
+        else:
+            cfg[key] = value
+    info = pipeline.dataset_info(cfg)
+    src = make_source()
+    per_example = pipeline.IndexedSource(src, np.arange(len(src)))  # not an ArraySource
+    assert pipeline._batchwise(cfg, src) and not pipeline._batchwise(cfg, per_example)
+
+    def stream(source):
+        return iter(pipeline.train_dataset(cfg, info, global_batch_size=8, seed=2, source=source))
+
+    fast, slow = stream(src), stream(per_example)
+    for _ in range(10):  # past an epoch boundary of the 48, 42 or 24 kept examples
+        x, y = next(fast), next(slow)
+        assert x.keys() == y.keys()
+        for k in x:
+            assert x[k].dtype == y[k].dtype
+            np.testing.assert_array_equal(x[k], y[k])
+    resumed = stream(per_example)
+    resumed.set_state(fast.get_state())
+    np.testing.assert_array_equal(next(resumed)["image"], next(fast)["image"])
+
+
+def test_batchwise_reading_only_without_per_image_randomness():
+    src = make_source()
+    assert pipeline._batchwise(data_config(**NO_AUGMENT), src)
+    for augment in ({"flip": True}, {"crop": "pad"}, {"color_jitter": 0.4},
+                    {"randaugment_magnitude": 9}):  # fmt: skip
+        assert not pipeline._batchwise(data_config(**{**NO_AUGMENT, **augment}), src)
+    cfg = data_config(**NO_AUGMENT)
+    cfg.corruption.kind, cfg.corruption.severity = "noise", 2
+    assert not pipeline._batchwise(cfg, src)
+    assert not pipeline._batchwise(data_config(**NO_AUGMENT), make_source(size=32))  # resized
 
 
 def test_soft_targets_with_smoothing_and_mixup():

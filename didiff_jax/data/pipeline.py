@@ -4,7 +4,9 @@ Train: source -> (per-class subset for ``data.train_ratio``) -> seeded shuffle, 
 per-example augmentation and corruption (a ``random_map``: each element gets its own generator
 derived from the seed and its position, so the stream is the same for any number of processes) ->
 blocks of B / P examples -> mixup/cutmix, ``label_probs`` when targets are soft -> this process's
-blocks (process p of P holds rows [p B / P, (p + 1) B / P) of every global batch of B).
+blocks (process p of P holds rows [p B / P, (p + 1) B / P) of every global batch of B). An
+in-memory source trained without per-image randomness (the Fashion-MNIST configs' default) is read
+a batch at a time instead, the same batches bit for bit (``_batchwise``).
 Eval: the split padded to a whole number of global batches (``mask`` marks the padding), the same
 observation corruption as training at a chosen severity, deterministic per example.
 
@@ -285,6 +287,24 @@ def _soft_targets(batch: dict, rng: np.random.Generator, cfg: ml_collections.Con
     return {**batch, "image": images, "label_probs": targets.astype(np.float32)}
 
 
+def _batchwise(cfg: ml_collections.ConfigDict, source) -> bool:
+    """Whether training can read whole batches of ``source`` at once: an in-memory source at the
+    training resolution, and no per-image randomness (no crop, flip, colour or RandAugment
+    augmentation, no observation corruption), so that ``preprocess_train`` is one array expression.
+    Per-image reading costs ~70 us an image in grain and numpy, ~6% of a DiDiRN-18 width-16 step."""
+    aug, res = cfg.augment, cfg.image_size
+    return (isinstance(source, ArraySource) and source.images.shape[1:3] == (res, res)
+            and aug.get("crop", "none") == "none" and not aug.get("flip", False)
+            and not aug.get("color_jitter", 0.0) and not aug.get("randaugment_magnitude", 0)
+            and not (cfg.corruption.kind and cfg.corruption.severity))  # fmt: skip
+
+
+def _gather_batch(source: ArraySource, idx: np.ndarray, info: DataInfo) -> dict:
+    """``preprocess_train`` of the records ``idx`` [b] of ``source``, batched: equal bit for bit."""
+    image = _normalise(_to_float(source.images[idx]), info)  # [b, H, W, C]
+    return {"image": image, "label": source.labels[idx].astype(np.int32)}
+
+
 def train_dataset(cfg: ml_collections.ConfigDict, info: DataInfo, *, global_batch_size: int,
                   seed: int, source=None) -> grain.IterDataset:  # fmt: skip
     """The infinite training stream of this process's share of each global batch."""
@@ -294,13 +314,19 @@ def train_dataset(cfg: ml_collections.ConfigDict, info: DataInfo, *, global_batc
     source = load_source(cfg, "train") if source is None else source
     _check_source_labels(source, info.num_classes, "train")
     kept = training_indices(cfg, source)
-    if kept is not None:
-        source = IndexedSource(source, kept)
-    ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
-    ds = ds.random_map(lambda r, rng: preprocess_train(r, rng, cfg, info))
+    n = len(source) if kept is None else len(kept)
     # Blocks of B / P consecutive examples; process p takes blocks p, p + P, ...: the p-th block of
     # every global batch, so the global batch (and its order) is the single-process one.
-    ds = ds.batch(global_batch_size // P, drop_remainder=True)
+    if _batchwise(cfg, source):  # the same examples and order as below, gathered per batch
+        ds = grain.MapDataset.range(n).seed(seed).shuffle().repeat(None)
+        ds = ds.batch(global_batch_size // P, drop_remainder=True)
+        ds = ds.map(lambda idx: _gather_batch(source, idx if kept is None else kept[idx], info))
+    else:
+        if kept is not None:
+            source = IndexedSource(source, kept)
+        ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
+        ds = ds.random_map(lambda r, rng: preprocess_train(r, rng, cfg, info))
+        ds = ds.batch(global_batch_size // P, drop_remainder=True)
     ds = ds.random_map(lambda b, rng: _soft_targets(b, rng, cfg, info.num_classes))[p::P]
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.get("num_threads", 2),
                                                 prefetch_buffer_size=4))  # fmt: skip
