@@ -126,7 +126,22 @@ def test_the_docs_table_is_made_from_the_archived_results():
     archived = sorted(table.ARCHIVE.glob("*.json"))
     assert archived, "benchmarks/results/uncertainty/ holds the docs' results"
     result = json.loads(archived[0].read_text())
-    run, baseline = table.rows(result, "0")
-    assert run["mCE"] == f"{100 * result['corruptions']['mce']:.2f}" and baseline["mCE"] == "100.00"
-    text = table.markdown([run, baseline])
-    assert text.count("\n") == len(run) - 2 + 1  # a header, a rule, a row per figure
+    run, baseline = table.rows(result, "a")
+    assert run["mCE"] == result["corruptions"]["mce"] and baseline["mCE"] == 1.0
+    assert run["seed"] == result["train_seed"] and run["pair"] == baseline["pair"] == run["model"]
+    # Two more seeds, made from the first by moving the run's AURC: mean, sd and paired wins.
+    seeds = []
+    for seed, shift in ((0, 0.0), (1, -0.01), (2, -0.5)):
+        r, b = ({**x, "seed": seed} for x in (run, baseline))
+        r["AURC"] = baseline["AURC"] + shift
+        seeds += [r, b]
+    text = table.summary_markdown(seeds)
+    aurc = [baseline["AURC"] + s for s in (0.0, -0.01, -0.5)]
+    want = f"{100 * np.mean(aurc):.2f} ± {100 * np.std(aurc, ddof=1):.2f}"
+    assert f"| AURC | {want} |" in text and "3 seeds" in text
+    diffs, wins = table.paired(seeds)[run["pair"]]["AURC"]
+    np.testing.assert_allclose(diffs, [0.0, -0.01, -0.5], atol=1e-12)
+    assert wins == 2  # lower is better: not the tie
+    assert "(2/3)" in table.paired_markdown(seeds).split("| AURC |")[1].split("\n")[0]
+    per_seed = table.per_seed_markdown(seeds)
+    assert per_seed.count("\n") == len(table._spec(seeds)) + 1  # a header, a rule, a row each
